@@ -1,0 +1,11 @@
+//! Host HBM discovery: which GPUs have HBM that firmware exposes as its own NUMA proximity
+//! domain, how big it is, and which host NUMA node / device-dax device holds it.
+//!
+//! Pure over its input: every function takes a sysfs/procfs root (`/` on a real host, a fixture
+//! tree in tests) and returns values or typed errors. No async, no global state.
+
+pub mod model;
+mod pci_address;
+
+pub use model::{Gpu, Health, Inventory, Memmap, NumaNode, Region, SCHEMA_VERSION, Source};
+pub use pci_address::{PciAddress, PciAddressError};
