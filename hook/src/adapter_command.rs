@@ -1,0 +1,218 @@
+//! The QEMU argv adapter's shell: `hbm-qemu ARGS...` (the binary invoked under a name starting
+//! with `hbm-qemu`, which is what libvirt runs as `<emulator>`) or `hbm-hook qemu [--emulator P]
+//! [--probe-cache-dir D] -- ARGS...`.
+//!
+//! Reads the instructions from `HBM_QEMU_INSTRUCTIONS` (libvirt passes `<qemu:env>` entries to the
+//! emulator), checks each dax device, asks the probe what the real QEMU speaks (cached), applies
+//! [`crate::adapter::transform`], logs the argv seen and the argv exec'd to stderr (libvirt puts it
+//! in `/var/log/libvirt/qemu/<domain>.log`), then `exec`s the real QEMU: same pid, stdio and every
+//! inherited fd untouched, so libvirt's monitor socket and log pipe keep working. Without
+//! instructions the arguments pass through untouched and nothing is probed.
+//!
+//! Exit codes (only when QEMU is not exec'd; one line on stderr says why):
+//! 2 bad input (instructions, argv, dax device), 3 the QEMU cannot do what the domain asks
+//! (dialect missing, probe failed or timed out), 4 the real QEMU cannot be exec'd.
+
+use std::convert::Infallible;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use crate::adapter::{self, AdapterError};
+use crate::probe::{self, ProbeError};
+use crate::qemu_instructions::{self, Instruction, InstructionError};
+
+/// Real emulator when neither `--emulator` nor `HBM_QEMU_EMULATOR` says otherwise.
+pub const DEFAULT_EMULATOR: &str = "/usr/bin/qemu-system-x86_64";
+/// Probe cache directory when neither `--probe-cache-dir` nor `HBM_PROBE_CACHE_DIR` says otherwise.
+pub const DEFAULT_PROBE_CACHE_DIR: &str = "/var/cache/hbm-passthrough";
+/// Environment variable naming the real emulator.
+pub const EMULATOR_ENV: &str = "HBM_QEMU_EMULATOR";
+/// Environment variable naming the probe cache directory.
+pub const PROBE_CACHE_ENV: &str = "HBM_PROBE_CACHE_DIR";
+
+/// `hbm-hook qemu`: run as the QEMU adapter with explicit settings.
+#[derive(Debug, clap::Args)]
+pub struct QemuArgs {
+    /// The real QEMU to exec.
+    #[arg(long, env = EMULATOR_ENV, default_value = DEFAULT_EMULATOR)]
+    pub emulator: PathBuf,
+    /// Where probe results are cached (per binary path + mtime).
+    #[arg(long, env = PROBE_CACHE_ENV, default_value = DEFAULT_PROBE_CACHE_DIR)]
+    pub probe_cache_dir: PathBuf,
+    /// QEMU's arguments, as libvirt would pass them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<OsString>,
+}
+
+/// Why the adapter did not exec QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterCommandError {
+    #[error(transparent)]
+    Instructions(#[from] InstructionError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(
+        "dax device {path} for cell {cell}: {why}; create it with `daxctl create-device` or fix the domain's HBM region"
+    )]
+    DaxDevice { cell: u32, path: String, why: String },
+    #[error("argument {index} is not UTF-8, so it cannot be checked against the instructions")]
+    NotUtf8 { index: usize },
+    #[error("cannot exec {emulator}: {why}; set the real QEMU with {EMULATOR_ENV} or the config's qemu.emulator")]
+    Exec { emulator: String, why: String },
+    #[error("the real emulator {emulator} is this adapter itself; point it at the real QEMU binary")]
+    Loop { emulator: String },
+}
+
+impl AdapterCommandError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdapterCommandError::Instructions(_)
+            | AdapterCommandError::DaxDevice { .. }
+            | AdapterCommandError::NotUtf8 { .. } => 2,
+            AdapterCommandError::Adapter(AdapterError::DialectUnsupported { .. }) | AdapterCommandError::Probe(_) => 3,
+            AdapterCommandError::Adapter(_) => 2,
+            AdapterCommandError::Exec { .. } | AdapterCommandError::Loop { .. } => 4,
+        }
+    }
+}
+
+/// True when `argv0` names the adapter (`hbm-qemu`, `hbm-qemu-system-x86_64`, ...).
+pub fn invoked_as_adapter(argv0: &OsStr) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"hbm-qemu"))
+}
+
+/// Entry point when invoked as `hbm-qemu`: settings from the environment, everything after
+/// argv[0] is QEMU's. Returns only when QEMU was not exec'd.
+pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
+    let emulator = std::env::var_os(EMULATOR_ENV).map_or_else(|| PathBuf::from(DEFAULT_EMULATOR), PathBuf::from);
+    let cache = std::env::var_os(PROBE_CACHE_ENV).map_or_else(|| PathBuf::from(DEFAULT_PROBE_CACHE_DIR), PathBuf::from);
+    run(QemuArgs {
+        emulator,
+        probe_cache_dir: cache,
+        args,
+    })
+}
+
+/// `hbm-hook qemu ...`. Returns only when QEMU was not exec'd.
+pub fn run(args: QemuArgs) -> ExitCode {
+    init_stderr_log();
+    match exec_adapted(&args) {
+        Ok(never) => match never {},
+        Err(e) => {
+            tracing::error!(emulator = %args.emulator.display(), code = e.exit_code(), "QEMU not started");
+            eprintln!("hbm-qemu: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Log lines go to stderr, which libvirt appends to the domain's log.
+fn init_stderr_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HBM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
+
+/// Shell-like rendering for the log: arguments with spaces or quotes are single-quoted.
+pub fn render_argv<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",._+:@%/=-[]".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let mut out = quote(&program.to_string_lossy());
+    for a in args {
+        out.push(' ');
+        out.push_str(&quote(&a.as_ref().to_string_lossy()));
+    }
+    out
+}
+
+fn exec_adapted(args: &QemuArgs) -> Result<Infallible, AdapterCommandError> {
+    let seen = render_argv(&args.emulator, &args.args);
+    tracing::info!(argv = %seen, "hbm-qemu: argv seen");
+    let wire = std::env::var(qemu_instructions::ENV_VAR).unwrap_or_default();
+    let instructions = qemu_instructions::parse(&wire)?;
+    refuse_self(&args.emulator)?;
+    if instructions.is_empty() {
+        tracing::info!(argv = %seen, "hbm-qemu: no instructions, argv exec'd unchanged");
+        return exec(&args.emulator, &args.args);
+    }
+    let argv: Vec<String> = args
+        .args
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            a.to_str()
+                .map(String::from)
+                .ok_or(AdapterCommandError::NotUtf8 { index: index + 1 })
+        })
+        .collect::<Result<_, _>>()?;
+    check_dax_devices(&instructions)?;
+    let facts = probe::capabilities(&args.emulator, &args.probe_cache_dir, probe::PROBE_TIMEOUT)?;
+    let out = adapter::transform(&argv, &instructions, &facts)?;
+    tracing::info!(
+        argv = %render_argv(&args.emulator, &out),
+        instructions = %wire,
+        dialects = %facts.dialects(),
+        "hbm-qemu: argv exec'd"
+    );
+    exec(&args.emulator, &out)
+}
+
+fn check_dax_devices(instructions: &[Instruction]) -> Result<(), AdapterCommandError> {
+    for i in instructions {
+        if let Instruction::Dax { cell, path, .. } = i {
+            let err = |why: String| AdapterCommandError::DaxDevice {
+                cell: *cell,
+                path: path.clone(),
+                why,
+            };
+            let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+            if !meta.file_type().is_char_device() {
+                return Err(err("not a character device".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refuse_self(emulator: &Path) -> Result<(), AdapterCommandError> {
+    let me = std::env::current_exe().and_then(std::fs::canonicalize);
+    let target = std::fs::canonicalize(emulator);
+    if let (Ok(me), Ok(target)) = (me, target)
+        && me == target
+    {
+        return Err(AdapterCommandError::Loop {
+            emulator: emulator.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn exec<S: AsRef<OsStr>>(emulator: &Path, args: &[S]) -> Result<Infallible, AdapterCommandError> {
+    let e = Command::new(emulator).args(args).exec();
+    Err(AdapterCommandError::Exec {
+        emulator: emulator.display().to_string(),
+        why: e.to_string(),
+    })
+}
