@@ -1,0 +1,59 @@
+//! Multi-document YAML (what `helm template` prints) split into Kubernetes objects.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("YAML document {index}: {source}")]
+    Yaml {
+        index: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("YAML document {index}: not a mapping with apiVersion and kind")]
+    NotAnObject { index: usize },
+}
+
+/// One object of a manifest: its `apiVersion`, `kind`, `metadata.name` and the whole document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub value: Value,
+}
+
+impl Object {
+    /// `Kind/name`, for messages.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+/// Every non-empty document of `text`, in order.
+pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
+    let mut objects = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(document).map_err(|source| ManifestError::Yaml { index, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+            return Err(ManifestError::NotAnObject { index });
+        };
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        objects.push(Object {
+            api_version,
+            kind,
+            name,
+            value,
+        });
+    }
+    Ok(objects)
+}
