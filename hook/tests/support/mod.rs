@@ -1,0 +1,17 @@
+//! Shared helpers for the real-component tests (libvirt, QEMU, booted guests). Each integration
+//! test file pulls them in with `mod support;`; not every file uses every helper.
+#![allow(dead_code)]
+
+pub mod corpus;
+pub mod domain_xml;
+pub mod guest;
+pub mod inventory;
+pub mod libvirt;
+
+use std::path::PathBuf;
+
+/// The repository root (the workspace), from the hook crate's manifest dir.
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
