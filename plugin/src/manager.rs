@@ -1,0 +1,560 @@
+//! The manager: derives resources from discovery + config, runs one gRPC server per resource,
+//! keeps each registered with the kubelet, measures health, reloads the config, labels the Node.
+//!
+//! One loop, woken by inotify (device plugin dir, registry dir, `/dev/vfio`, `/dev`, the config's
+//! directory), by registration retry deadlines, and by the health poll interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use proto::deviceplugin::v1beta1::KUBELET_SOCKET;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use topology::Inventory;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{self, RegistrationMode, ResourceRule, Settings};
+use crate::health::HealthRoots;
+use crate::metrics::Metrics;
+use crate::node_labels::{self, NodeLabeler};
+use crate::registration::{self, Backoff, PluginWatcherService};
+use crate::resources::{self, Resource, ResourceProblem};
+use crate::server::{ResourceService, Snapshot, SocketServer};
+
+/// Where the manager gets the host inventory from.
+pub trait InventorySource: Send + Sync {
+    /// Scans the host. `discovery` is the config file's `discovery` section, if any.
+    fn discover(&self, discovery: Option<&serde_yaml_ng::Value>) -> Result<Inventory, String>;
+}
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("cannot create directory {path}: {source} (check --device-plugin-dir / --plugins-registry-dir)")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot set up inotify: {0}")]
+    Inotify(std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchKind {
+    DevicePluginDir,
+    RegistryDir,
+    Dev,
+    ConfigDir,
+}
+
+struct Served {
+    service: ResourceService,
+    server: Option<SocketServer>,
+    registered: bool,
+    backoff: Backoff,
+    next_attempt: Instant,
+    watcher_status: Option<watch::Receiver<Option<Result<(), String>>>>,
+}
+
+/// The running plugin.
+pub struct Manager {
+    settings: Settings,
+    mode: RegistrationMode,
+    rules: Vec<ResourceRule>,
+    label_domain: String,
+    discovery: Option<serde_yaml_ng::Value>,
+    config_text: Option<String>,
+    source: Arc<dyn InventorySource>,
+    metrics: Arc<Metrics>,
+    roots: HealthRoots,
+    served: BTreeMap<String, Served>,
+    labeler: Option<NodeLabeler>,
+    problems: Vec<ResourceProblem>,
+    inventory: Option<Inventory>,
+    kubelet_inode: Option<u64>,
+    stop: CancellationToken,
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+impl Manager {
+    pub fn new(
+        settings: Settings,
+        source: Arc<dyn InventorySource>,
+        metrics: Arc<Metrics>,
+        labeler: Option<NodeLabeler>,
+        stop: CancellationToken,
+    ) -> Self {
+        let mode = match settings.registration {
+            RegistrationMode::Auto if settings.plugins_registry_dir.is_dir() => RegistrationMode::PluginWatcher,
+            RegistrationMode::Auto => RegistrationMode::KubeletSocket,
+            other => other,
+        };
+        let config_text = settings
+            .config_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        Self {
+            roots: HealthRoots {
+                sysfs_root: settings.sysfs_root.clone(),
+                dev_root: settings.dev_root.clone(),
+            },
+            rules: settings.rules.clone(),
+            label_domain: settings.label_domain.clone(),
+            discovery: settings.discovery.clone(),
+            config_text,
+            mode,
+            settings,
+            source,
+            metrics,
+            served: BTreeMap::new(),
+            labeler,
+            problems: Vec::new(),
+            inventory: None,
+            kubelet_inode: None,
+            stop,
+        }
+    }
+
+    /// The registration mode in effect (`auto` resolved).
+    pub fn mode(&self) -> RegistrationMode {
+        self.mode
+    }
+
+    fn socket_dir(&self) -> &Path {
+        match self.mode {
+            RegistrationMode::PluginWatcher => &self.settings.plugins_registry_dir,
+            _ => &self.settings.device_plugin_dir,
+        }
+    }
+
+    fn setup_inotify(&self) -> Result<(Inotify, HashMap<WatchDescriptor, WatchKind>), ManagerError> {
+        let inotify = Inotify::init().map_err(ManagerError::Inotify)?;
+        let mut kinds = HashMap::new();
+        let dir_mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM;
+        let mut watches: Vec<(PathBuf, WatchKind, WatchMask)> = vec![
+            (
+                self.settings.device_plugin_dir.clone(),
+                WatchKind::DevicePluginDir,
+                dir_mask,
+            ),
+            (self.settings.dev_root.join("vfio"), WatchKind::Dev, dir_mask),
+            (self.settings.dev_root.clone(), WatchKind::Dev, dir_mask),
+        ];
+        if self.mode == RegistrationMode::PluginWatcher {
+            watches.push((
+                self.settings.plugins_registry_dir.clone(),
+                WatchKind::RegistryDir,
+                dir_mask,
+            ));
+        }
+        if let Some(dir) = self.settings.config_path.as_ref().and_then(|p| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            watches.push((
+                dir.to_path_buf(),
+                WatchKind::ConfigDir,
+                dir_mask | WatchMask::CLOSE_WRITE | WatchMask::MODIFY,
+            ));
+        }
+        for (path, kind, mask) in watches {
+            match inotify.watches().add(&path, mask) {
+                Ok(wd) => {
+                    kinds.insert(wd, kind);
+                }
+                // Missing directories are covered by the poll.
+                Err(error) => debug!(path = %path.display(), %error, "not watching with inotify"),
+            }
+        }
+        Ok((inotify, kinds))
+    }
+
+    /// Runs until `stop` is cancelled, then stops every server and removes its socket.
+    pub async fn run(mut self) -> Result<(), ManagerError> {
+        for dir in [self.socket_dir().to_path_buf()] {
+            std::fs::create_dir_all(&dir).map_err(|source| ManagerError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        info!(mode = ?self.mode, socket_dir = %self.socket_dir().display(), "hbm-device-plugin starting");
+        let (inotify, kinds) = self.setup_inotify()?;
+        let mut events = inotify.into_event_stream([0u8; 4096]).map_err(ManagerError::Inotify)?;
+        self.refresh().await;
+        let mut next_poll = Instant::now() + self.settings.poll_interval;
+        let mut inotify_alive = true;
+        loop {
+            self.metrics.tick();
+            self.registration_pass().await;
+            let deadline = self
+                .served
+                .values()
+                .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
+                .map(|s| s.next_attempt)
+                .chain([next_poll])
+                .min()
+                .unwrap_or(next_poll);
+            enum Wake {
+                Stop,
+                Event(Option<Result<inotify::Event<OsString>, std::io::Error>>),
+                Other,
+            }
+            let receivers: Vec<_> = self.served.values().filter_map(|s| s.watcher_status.clone()).collect();
+            let wake = tokio::select! {
+                () = self.stop.cancelled() => Wake::Stop,
+                event = async {
+                    if inotify_alive { events.next().await } else { std::future::pending().await }
+                } => Wake::Event(event),
+                () = any_status_change(receivers) => Wake::Other,
+                () = tokio::time::sleep_until(deadline) => Wake::Other,
+            };
+            let mut refresh_now = false;
+            match wake {
+                Wake::Stop => break,
+                Wake::Event(Some(Ok(event))) => {
+                    let kind = kinds.get(&event.wd).copied();
+                    refresh_now = self.on_event(kind, event.mask, event.name).await;
+                }
+                Wake::Event(Some(Err(error))) => warn!(%error, "inotify read failed; relying on the poll"),
+                Wake::Event(None) => {
+                    warn!("inotify stream ended; relying on the poll");
+                    inotify_alive = false;
+                }
+                Wake::Other => {}
+            }
+            if Instant::now() >= next_poll {
+                self.poll_sockets();
+                self.check_config().await;
+                refresh_now = true;
+                next_poll = Instant::now() + self.settings.poll_interval;
+            }
+            if refresh_now {
+                self.refresh().await;
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Handles one inotify event; returns whether a refresh is due.
+    async fn on_event(&mut self, kind: Option<WatchKind>, mask: EventMask, name: Option<OsString>) -> bool {
+        let name = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        debug!(?kind, ?mask, %name, "inotify event");
+        match kind {
+            Some(WatchKind::DevicePluginDir) => {
+                let created = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+                if name == KUBELET_SOCKET && created && self.mode == RegistrationMode::KubeletSocket {
+                    self.kubelet_restarted("kubelet.sock created");
+                } else if self.mode == RegistrationMode::KubeletSocket {
+                    self.poll_sockets();
+                }
+                false
+            }
+            Some(WatchKind::RegistryDir) => {
+                self.poll_sockets();
+                false
+            }
+            Some(WatchKind::ConfigDir) => {
+                self.check_config().await;
+                false
+            }
+            Some(WatchKind::Dev) => true,
+            None => false,
+        }
+    }
+
+    fn kubelet_restarted(&mut self, why: &str) {
+        self.metrics.kubelet_restarts.inc();
+        info!(why, "kubelet restart noticed; registering again");
+        self.metrics.set_ready(false);
+        let now = Instant::now();
+        for served in self.served.values_mut() {
+            served.registered = false;
+            served.backoff = Backoff { failures: 0 };
+            served.next_attempt = now;
+        }
+    }
+
+    /// The fallback for missed events: own sockets gone, or kubelet.sock replaced.
+    fn poll_sockets(&mut self) {
+        if self.mode == RegistrationMode::KubeletSocket {
+            let current = inode(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
+            if current.is_some() && self.kubelet_inode.is_some() && current != self.kubelet_inode {
+                self.kubelet_inode = None;
+                self.kubelet_restarted("kubelet.sock replaced");
+            }
+        }
+        let now = Instant::now();
+        for (name, served) in &mut self.served {
+            if served.server.as_ref().is_some_and(|s| !s.socket_intact()) {
+                info!(resource = %name, "own socket removed; serving again");
+                served.registered = false;
+                served.backoff = Backoff { failures: 0 };
+                served.next_attempt = now;
+                // The server on the unlinked socket is replaced in the registration pass.
+                if let Some(server) = served.server.take() {
+                    tokio::spawn(server.stop());
+                }
+            }
+        }
+    }
+
+    async fn check_config(&mut self) {
+        let Some(path) = self.settings.config_path.clone() else {
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) => {
+                // During a ConfigMap symlink swap the file can be briefly absent; the next event or
+                // poll reads it again.
+                debug!(path = %path.display(), %error, "config file not readable right now");
+                return;
+            }
+        };
+        if self.config_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        self.config_text = Some(text.clone());
+        match config::parse_file(&path, &text) {
+            Ok(loaded) => {
+                self.metrics.config_reload(true);
+                let domain = loaded
+                    .file
+                    .label_domain
+                    .clone()
+                    .unwrap_or_else(|| config::DEFAULT_LABEL_DOMAIN.to_string());
+                info!(path = %path.display(), rules = loaded.rules.len(), "config reloaded");
+                self.rules = loaded.rules;
+                self.label_domain = domain;
+                self.discovery = loaded.file.discovery;
+                self.refresh().await;
+            }
+            Err(error) => {
+                self.metrics.config_reload(false);
+                error!(%error, "new config rejected; keeping the running one");
+            }
+        }
+    }
+
+    /// Re-discovers, re-derives, re-measures; starts/stops servers and publishes changes.
+    pub async fn refresh(&mut self) {
+        let inventory = match self.source.discover(self.discovery.as_ref()) {
+            Ok(inventory) => inventory,
+            Err(error) => {
+                error!(%error, "discovery failed; keeping the previous inventory");
+                match &self.inventory {
+                    Some(previous) => previous.clone(),
+                    None => Inventory::empty(self.settings.sysfs_root.to_string_lossy()),
+                }
+            }
+        };
+        let derived = resources::derive(&inventory, &self.rules);
+        if derived.problems != self.problems {
+            for problem in &derived.problems {
+                warn!(%problem, "resource problem");
+            }
+            self.problems = derived.problems.clone();
+            self.metrics.resource_problems.set(self.problems.len() as i64);
+        }
+        let current: BTreeMap<String, Resource> = self
+            .served
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    Resource {
+                        name: name.clone(),
+                        devices: s.service.state.borrow().devices.clone(),
+                    },
+                )
+            })
+            .collect();
+        let diff = resources::diff(&current, &derived.resources);
+        for name in &diff.removed {
+            if let Some(served) = self.served.remove(name) {
+                info!(resource = %name, "resource gone; stopping its server");
+                served.service.stop.cancel();
+                if let Some(server) = served.server {
+                    server.stop().await;
+                }
+                self.metrics.remove_resource(name);
+            }
+        }
+        for name in &diff.added {
+            info!(resource = %name, "new resource");
+            let service = ResourceService {
+                name: name.clone(),
+                state: watch::Sender::new(Snapshot::default()),
+                roots: self.roots.clone(),
+                metrics: self.metrics.clone(),
+                stop: self.stop.child_token(),
+            };
+            self.served.insert(
+                name.clone(),
+                Served {
+                    service,
+                    server: None,
+                    registered: false,
+                    backoff: Backoff { failures: 0 },
+                    next_attempt: Instant::now(),
+                    watcher_status: None,
+                },
+            );
+        }
+        for (name, resource) in &derived.resources {
+            let Some(served) = self.served.get(name) else { continue };
+            let roots = &self.roots;
+            let changed = served.service.state.send_if_modified(|snapshot| {
+                let mut next = Snapshot {
+                    devices: resource.devices.clone(),
+                    ..Snapshot::default()
+                };
+                for device in resource.devices.values() {
+                    for region in &device.regions {
+                        let first = snapshot.baseline.get(&region.id).copied().unwrap_or(region.size_bytes);
+                        next.baseline.insert(region.id.clone(), first);
+                    }
+                }
+                for device in resource.devices.values() {
+                    next.verdicts
+                        .insert(device.id.clone(), roots.measure(device, &next.baseline));
+                }
+                if next == *snapshot {
+                    return false;
+                }
+                for (id, verdict) in &next.verdicts {
+                    let before = snapshot.verdicts.get(id);
+                    if before != Some(verdict) {
+                        match verdict {
+                            Some(reason) => warn!(resource = %name, device = %id, %reason, "device unhealthy"),
+                            None if before.is_some() => info!(resource = %name, device = %id, "device healthy again"),
+                            None => {}
+                        }
+                    }
+                }
+                *snapshot = next;
+                true
+            });
+            if changed {
+                let (healthy, unhealthy) = served.service.state.borrow().counts();
+                self.metrics.set_devices(name, healthy, unhealthy);
+            }
+        }
+        self.update_ready();
+        if self.labeler.is_some() {
+            let node = self.labeler.as_ref().map(|l| l.node().to_string()).unwrap_or_default();
+            let (body, skipped) = node_labels::desired(&node, &self.label_domain, &derived.resources, &inventory);
+            for label in skipped {
+                warn!(%label, "label name over 63 characters; left out");
+            }
+            if let Some(labeler) = self.labeler.as_mut()
+                && let Err(error) = labeler.sync(body).await
+            {
+                error!(%error, "Node labels not applied; retrying on the next poll");
+            }
+        }
+        self.inventory = Some(inventory);
+    }
+
+    fn update_ready(&self) {
+        self.metrics.set_ready(self.served.values().all(|s| s.registered));
+    }
+
+    /// Serves what is not served and registers what is not registered (when due).
+    async fn registration_pass(&mut self) {
+        let now = Instant::now();
+        let mode = self.mode;
+        let socket_dir = self.socket_dir().to_path_buf();
+        let device_plugin_dir = self.settings.device_plugin_dir.clone();
+        for (name, served) in &mut self.served {
+            if let Some(rx) = &mut served.watcher_status {
+                let status = rx.borrow_and_update().clone();
+                served.registered = matches!(status, Some(Ok(())));
+            }
+            if served.server.is_none() {
+                let socket_name = resources::socket_name(name);
+                let socket = socket_dir.join(&socket_name);
+                let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
+                    let (tx, rx) = watch::channel(None);
+                    served.watcher_status = Some(rx);
+                    PluginWatcherService {
+                        resource: name.clone(),
+                        endpoint: socket.to_string_lossy().into_owned(),
+                        status: tx,
+                        metrics: self.metrics.clone(),
+                    }
+                });
+                match SocketServer::start(&socket, served.service.clone(), watcher) {
+                    Ok(server) => {
+                        info!(resource = %name, socket = %socket.display(), "serving");
+                        served.server = Some(server);
+                        served.registered = false;
+                    }
+                    Err(error) => {
+                        let delay = served.backoff.next_delay();
+                        error!(resource = %name, socket = %socket.display(), %error, retry_in = ?delay, "cannot serve");
+                        served.next_attempt = now + delay;
+                        continue;
+                    }
+                }
+            }
+            if mode != RegistrationMode::KubeletSocket || served.registered || served.next_attempt > now {
+                continue;
+            }
+            let endpoint = resources::socket_name(name);
+            let kubelet_inode = inode(&device_plugin_dir.join(KUBELET_SOCKET));
+            match registration::register_with_kubelet(&device_plugin_dir, &endpoint, name).await {
+                Ok(()) => {
+                    self.metrics.registration(name, true);
+                    info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
+                    served.registered = true;
+                    served.backoff = Backoff { failures: 0 };
+                    self.kubelet_inode = kubelet_inode;
+                }
+                Err(error) => {
+                    self.metrics.registration(name, false);
+                    let delay = served.backoff.next_delay();
+                    warn!(resource = %name, %error, attempt = served.backoff.failures, retry_in = ?delay, "registration failed");
+                    served.next_attempt = Instant::now() + delay;
+                }
+            }
+        }
+        self.update_ready();
+    }
+
+    async fn shutdown(&mut self) {
+        info!("stopping: closing servers and removing sockets");
+        for (_, served) in std::mem::take(&mut self.served) {
+            served.service.stop.cancel();
+            if let Some(server) = served.server {
+                server.stop().await;
+            }
+        }
+    }
+}
+
+async fn any_status_change(mut receivers: Vec<watch::Receiver<Option<Result<(), String>>>>) {
+    if receivers.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = receivers.iter_mut().map(|r| Box::pin(r.changed()));
+    if futures_util::future::select_all(changes).await.0.is_err() {
+        // A sender is gone (server replaced); the loop rebuilds the list next pass.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How long `/healthz` tolerates a silent manager loop for `poll`.
+pub fn liveness_window(poll: Duration) -> Duration {
+    poll * 3 + Duration::from_secs(10)
+}
