@@ -6,9 +6,22 @@
 //! API contract used by the front ends (CLI, KubeVirt sidecar, libvirt hook):
 //! `rewrite(xml, &inventory, &options) -> Result<Rewritten, RewriteError>`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use topology::Inventory;
 
 use crate::qemu_instructions::MemmapType;
+
+mod apply;
+pub mod document;
+mod layout;
+pub mod metadata;
+pub mod size;
+mod undo;
+
+pub use layout::{GpaRange, guest_ranges};
+pub use metadata::{ClaimedRegion, GpuPolicy, HbmMetadata, NAMESPACE, read_metadata};
 
 /// Per-domain policy: which hostdevs get their HBM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -71,7 +84,171 @@ pub struct Rewritten {
     pub summary: Vec<String>,
 }
 
-/// Placeholder until the rewriter lands; keeps the front ends compiling.
-pub fn rewrite(_xml: &str, _inventory: &Inventory, _options: &RewriteOptions) -> Result<Rewritten, String> {
-    Err("rewriter not built yet".to_string())
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Off => "off",
+            PolicyMode::Auto => "auto",
+            PolicyMode::Required => "required",
+        }
+    }
+}
+
+impl FromStr for PolicyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(PolicyMode::Off),
+            "auto" => Ok(PolicyMode::Auto),
+            "required" => Ok(PolicyMode::Required),
+            other => Err(format!("unknown policy {other:?} (expected off, auto or required)")),
+        }
+    }
+}
+
+impl fmt::Display for PolicyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Dialect {
+    /// The canonical spelling (`memmap-type` is written out as `memmap-type=spm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::MemmapType(MemmapType::Spm) => "memmap-type=spm",
+            Dialect::MemmapType(MemmapType::Reserved) => "memmap-type=reserved",
+            Dialect::MemmapType(MemmapType::Normal) => "memmap-type=normal",
+            Dialect::SpMem => "sp-mem",
+            Dialect::KernelCmdline => "kernel-cmdline",
+            Dialect::None => "none",
+        }
+    }
+}
+
+impl FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kernel-cmdline" => Ok(Dialect::KernelCmdline),
+            "memmap-type" | "memmap-type=spm" => Ok(Dialect::MemmapType(MemmapType::Spm)),
+            "memmap-type=reserved" => Ok(Dialect::MemmapType(MemmapType::Reserved)),
+            "memmap-type=normal" => Ok(Dialect::MemmapType(MemmapType::Normal)),
+            "sp-mem" => Ok(Dialect::SpMem),
+            "none" => Ok(Dialect::None),
+            other => Err(format!(
+                "unknown dialect {other:?} (expected kernel-cmdline, memmap-type, memmap-type=spm, memmap-type=reserved, memmap-type=normal, sp-mem or none)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a definition cannot be rewritten. Every message names the line of the element at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("domain XML line {line}: not well-formed XML: {reason}; fix the XML and retry")]
+    Malformed { line: usize, reason: String },
+    #[error(
+        "domain XML line {line}: DOCTYPE/entity declarations are not accepted (no entity is ever expanded); remove the DOCTYPE"
+    )]
+    Doctype { line: usize },
+    #[error("domain XML line {line}: <{element}>: {reason}")]
+    Invalid {
+        line: usize,
+        element: String,
+        reason: String,
+    },
+    #[error("domain XML line {line}: <{element}>: {reason}")]
+    Collision {
+        line: usize,
+        element: String,
+        reason: String,
+    },
+    #[error("domain XML line {line}: <{element}>: cannot satisfy: {reason}")]
+    Unsatisfiable {
+        line: usize,
+        element: String,
+        reason: String,
+    },
+}
+
+impl RewriteError {
+    /// Process exit code: 2 = bad input, 3 = cannot satisfy.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RewriteError::Malformed { .. }
+            | RewriteError::Doctype { .. }
+            | RewriteError::Invalid { .. }
+            | RewriteError::Collision { .. } => 2,
+            RewriteError::Unsatisfiable { .. } => 3,
+        }
+    }
+}
+
+/// Rewrites `xml` for the host described by `inventory`.
+///
+/// First removes what an earlier run recorded in the domain's `hbm:passthrough` metadata (so a
+/// second run, or a run on another host, replaces its own additions), then adds one guest NUMA
+/// cell per HBM region of every PCI hostdev the policy selects. With nothing to do the input
+/// comes back byte-identical; `rewrite(output) == output`.
+pub fn rewrite(xml: &str, inventory: &Inventory, options: &RewriteOptions) -> Result<Rewritten, RewriteError> {
+    let doc = document::Document::parse(xml)?;
+    let found = metadata::find(&doc)?;
+    let mut summary = Vec::new();
+    let undone = match &found {
+        Some((_, meta)) if meta.applied => {
+            let text = undo::undo(&doc, meta);
+            summary.push(format!(
+                "removed the additions recorded by an earlier rewrite ({} regions)",
+                meta.claimed.len()
+            ));
+            Some(text)
+        }
+        _ => None,
+    };
+    let meta = found.map(|(_, m)| m);
+    let base_doc;
+    let base: &document::Document<'_> = match &undone {
+        Some(text) => {
+            base_doc = document::Document::parse(text)?;
+            &base_doc
+        }
+        None => &doc,
+    };
+    let policy = apply::Policy::resolve(options, meta.as_ref());
+    match apply::apply(base, inventory, &policy, options)? {
+        Some((out, lines)) => {
+            if undone.is_some() && out == xml {
+                summary.clear();
+            }
+            summary.extend(lines);
+            let changed = out != xml;
+            if !changed {
+                summary = vec!["unchanged: the definition already carries these additions".to_string()];
+            }
+            Ok(Rewritten {
+                xml: out,
+                changed,
+                summary,
+            })
+        }
+        None => {
+            let out = undone.unwrap_or_else(|| xml.to_string());
+            let changed = out != xml;
+            if !changed {
+                summary.push("nothing to do: no PCI hostdev with HBM selected".to_string());
+            }
+            Ok(Rewritten {
+                xml: out,
+                changed,
+                summary,
+            })
+        }
+    }
 }

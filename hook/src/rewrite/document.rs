@@ -1,0 +1,432 @@
+//! A byte-range index over a domain XML document, built from quick-xml's streaming events, and
+//! the edit list the rewriter applies to the original bytes. Nothing outside an edit changes, so
+//! comments, attribute order, quoting and whitespace survive untouched.
+
+use std::borrow::Cow;
+
+use quick_xml::events::Event;
+use quick_xml::reader::Reader;
+
+use super::RewriteError;
+
+/// One element of the document, as byte offsets into the source text.
+#[derive(Clone, Debug)]
+pub struct Element {
+    /// Offset of `<`.
+    pub start: usize,
+    /// Offset just after the start tag's `>` (for `<x/>` the end of the element).
+    pub tag_end: usize,
+    /// Offset of `</` of the end tag (== `tag_end` for `<x/>`).
+    pub close_start: usize,
+    /// Offset just after the element.
+    pub end: usize,
+    /// Qualified name range inside the start tag.
+    pub name: (usize, usize),
+    pub self_closing: bool,
+    pub parent: Option<usize>,
+    pub children: Vec<usize>,
+}
+
+/// One attribute of a start tag: name and the raw (escaped) value's byte range.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr<'a> {
+    pub name: &'a str,
+    pub raw: &'a str,
+    /// Offset of the name's first byte.
+    pub name_start: usize,
+    /// Offset just after the closing quote.
+    pub end: usize,
+    /// Range of the value between the quotes.
+    pub value: (usize, usize),
+}
+
+impl Attr<'_> {
+    pub fn value(&self) -> Cow<'_, str> {
+        quick_xml::escape::unescape(self.raw).unwrap_or(Cow::Borrowed(self.raw))
+    }
+}
+
+/// The indexed document.
+#[derive(Debug)]
+pub struct Document<'a> {
+    pub src: &'a str,
+    pub elements: Vec<Element>,
+    pub root: usize,
+}
+
+/// 1-based line number of byte `offset`.
+pub fn line_of(src: &str, offset: usize) -> usize {
+    let end = offset.min(src.len());
+    src.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+impl<'a> Document<'a> {
+    /// Indexes `src`. Rejects what is not one well-formed element with optional prolog/comments,
+    /// any DOCTYPE (so no entity declaration can ever be expanded) and unknown entity references.
+    pub fn parse(src: &'a str) -> Result<Self, RewriteError> {
+        let mut reader = Reader::from_str(src);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.expand_empty_elements = false;
+        let mut elements: Vec<Element> = Vec::with_capacity(src.len() / 40);
+        let mut stack: Vec<usize> = Vec::new();
+        let mut root = None;
+        loop {
+            let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            let event = reader.read_event().map_err(|e| {
+                let at = usize::try_from(reader.error_position()).unwrap_or(0);
+                RewriteError::Malformed {
+                    line: line_of(src, at),
+                    reason: e.to_string(),
+                }
+            })?;
+            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            // The event's own text starts at the first '<' at or after `before` for markup.
+            let markup_start = || {
+                src.get(before..after)
+                    .and_then(|s| s.find('<'))
+                    .map_or(before, |i| before + i)
+            };
+            match event {
+                Event::Start(ref e) | Event::Empty(ref e) => {
+                    let start = markup_start();
+                    let self_closing = matches!(event, Event::Empty(_));
+                    let parent = stack.last().copied();
+                    if parent.is_none() {
+                        if root.is_some() {
+                            return Err(RewriteError::Malformed {
+                                line: line_of(src, start),
+                                reason: "a second top-level element after the root element".into(),
+                            });
+                        }
+                        root = Some(elements.len());
+                    }
+                    let name_len = e.name().as_ref().len();
+                    let idx = elements.len();
+                    elements.push(Element {
+                        start,
+                        tag_end: after,
+                        close_start: after,
+                        end: after,
+                        name: (start + 1, start + 1 + name_len),
+                        self_closing,
+                        parent,
+                        children: Vec::new(),
+                    });
+                    if let Some(p) = parent {
+                        elements[p].children.push(idx);
+                    }
+                    if !self_closing {
+                        stack.push(idx);
+                    }
+                }
+                Event::End(_) => {
+                    let start = markup_start();
+                    if let Some(idx) = stack.pop() {
+                        elements[idx].close_start = start;
+                        elements[idx].end = after;
+                    }
+                }
+                Event::Text(ref t) => {
+                    if stack.is_empty() && !t.as_ref().trim().is_empty() {
+                        return Err(RewriteError::Malformed {
+                            line: line_of(src, before),
+                            reason: format!("text {:?} outside the root element", t.as_ref().trim()),
+                        });
+                    }
+                }
+                Event::GeneralRef(ref r) => {
+                    let known = r.is_char_ref() || matches!(r.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos");
+                    if !known || stack.is_empty() {
+                        return Err(RewriteError::Malformed {
+                            line: line_of(src, before),
+                            reason: format!(
+                                "entity reference &{}; (only the five predefined entities are allowed)",
+                                r.as_ref()
+                            ),
+                        });
+                    }
+                    if r.is_char_ref() && r.resolve_char_ref().ok().flatten().is_none() {
+                        return Err(RewriteError::Malformed {
+                            line: line_of(src, before),
+                            reason: format!("invalid character reference &{};", r.as_ref()),
+                        });
+                    }
+                }
+                Event::DocType(_) => {
+                    return Err(RewriteError::Doctype {
+                        line: line_of(src, markup_start()),
+                    });
+                }
+                Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {
+                    if stack.is_empty() && matches!(event, Event::CData(_)) {
+                        return Err(RewriteError::Malformed {
+                            line: line_of(src, before),
+                            reason: "CDATA outside the root element".into(),
+                        });
+                    }
+                }
+                Event::Eof => break,
+            }
+        }
+        if let Some(open) = stack.last() {
+            let e = &elements[*open];
+            return Err(RewriteError::Malformed {
+                line: line_of(src, e.start),
+                reason: format!("element <{}> is never closed", &src[e.name.0..e.name.1]),
+            });
+        }
+        let root = root.ok_or(RewriteError::Malformed {
+            line: 1,
+            reason: "no root element".into(),
+        })?;
+        Ok(Self { src, elements, root })
+    }
+
+    pub fn name(&self, idx: usize) -> &'a str {
+        let e = &self.elements[idx];
+        &self.src[e.name.0..e.name.1]
+    }
+
+    /// Name without its namespace prefix.
+    pub fn local_name(&self, idx: usize) -> &'a str {
+        let n = self.name(idx);
+        n.rsplit_once(':').map_or(n, |(_, l)| l)
+    }
+
+    pub fn line(&self, idx: usize) -> usize {
+        line_of(self.src, self.elements[idx].start)
+    }
+
+    /// The element's full text.
+    pub fn raw(&self, idx: usize) -> &'a str {
+        let e = &self.elements[idx];
+        &self.src[e.start..e.end]
+    }
+
+    pub fn children(&self, idx: usize) -> impl Iterator<Item = usize> + '_ {
+        self.elements[idx].children.iter().copied()
+    }
+
+    /// First child named `name` (qualified name as written).
+    pub fn child(&self, idx: usize, name: &str) -> Option<usize> {
+        self.children(idx).find(|c| self.name(*c) == name)
+    }
+
+    pub fn children_named<'s>(&'s self, idx: usize, name: &'s str) -> impl Iterator<Item = usize> + 's {
+        self.children(idx).filter(move |c| self.name(*c) == name)
+    }
+
+    /// Attributes of the start tag, in document order.
+    pub fn attrs(&self, idx: usize) -> Vec<Attr<'a>> {
+        let e = &self.elements[idx];
+        let src = self.src;
+        let bytes = src.as_bytes();
+        let mut out = Vec::new();
+        let mut i = e.name.1;
+        let end = if e.self_closing {
+            e.tag_end.saturating_sub(2)
+        } else {
+            e.tag_end.saturating_sub(1)
+        };
+        loop {
+            while i < end && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i >= end {
+                break;
+            }
+            let name_start = i;
+            while i < end && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let name_end = i;
+            while i < end && (bytes[i].is_ascii_whitespace() || bytes[i] == b'=') {
+                i += 1;
+            }
+            if i >= end {
+                break;
+            }
+            let quote = bytes[i];
+            let value_start = i + 1;
+            let Some(len) = src[value_start..end].find(quote as char) else {
+                break;
+            };
+            let value_end = value_start + len;
+            out.push(Attr {
+                name: &src[name_start..name_end],
+                raw: &src[value_start..value_end],
+                name_start,
+                end: value_end + 1,
+                value: (value_start, value_end),
+            });
+            i = value_end + 1;
+        }
+        out
+    }
+
+    pub fn attr(&self, idx: usize, name: &str) -> Option<Cow<'a, str>> {
+        self.attrs(idx)
+            .into_iter()
+            .find(|a| a.name == name)
+            .map(|a| quick_xml::escape::unescape(a.raw).unwrap_or(Cow::Borrowed(a.raw)))
+    }
+
+    /// Text content (unescaped, comments and child elements skipped), trimmed.
+    pub fn text(&self, idx: usize) -> String {
+        let e = &self.elements[idx];
+        if e.self_closing {
+            return String::new();
+        }
+        let mut out = String::new();
+        let mut pos = e.tag_end;
+        for c in &e.children {
+            out.push_str(&self.src[pos..self.elements[*c].start]);
+            pos = self.elements[*c].end;
+        }
+        out.push_str(&self.src[pos..e.close_start]);
+        let out = strip_comments(&out);
+        let trimmed = out.trim();
+        quick_xml::escape::unescape(trimmed)
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|_| trimmed.to_string())
+    }
+
+    /// Range of the text between the tags (for elements without child elements).
+    pub fn inner(&self, idx: usize) -> (usize, usize) {
+        let e = &self.elements[idx];
+        (e.tag_end, e.close_start)
+    }
+
+    /// Whitespace between the last newline and the element's `<` (its indentation), if the
+    /// element starts a line.
+    pub fn indent(&self, idx: usize) -> Option<&'a str> {
+        let start = self.elements[idx].start;
+        let before = &self.src[..start];
+        let line_start = before.rfind('\n')? + 1;
+        let ws = &before[line_start..];
+        ws.chars().all(|c| c == ' ' || c == '\t').then_some(ws)
+    }
+
+    /// Start offset of the whitespace run directly before `idx` (its indentation and newline).
+    pub fn leading_ws_start(&self, idx: usize) -> usize {
+        let start = self.elements[idx].start;
+        let before = self.src[..start].as_bytes();
+        let mut i = start;
+        while i > 0 && before[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    }
+
+    /// Walks `path` (child names) from the root; `None` when a step is missing.
+    pub fn path(&self, path: &[&str]) -> Option<usize> {
+        let mut cur = self.root;
+        for step in path {
+            cur = self.child(cur, step)?;
+        }
+        Some(cur)
+    }
+
+    /// Prefix bound to namespace `ns` on the root element (`Some("")` for a default namespace).
+    pub fn root_prefix_for(&self, ns: &str) -> Option<String> {
+        self.prefix_on(self.root, ns)
+    }
+
+    pub fn prefix_on(&self, idx: usize, ns: &str) -> Option<String> {
+        self.attrs(idx).into_iter().find_map(|a| {
+            if a.value() != ns {
+                return None;
+            }
+            if a.name == "xmlns" {
+                Some(String::new())
+            } else {
+                a.name.strip_prefix("xmlns:").map(str::to_string)
+            }
+        })
+    }
+}
+
+fn strip_comments(s: &str) -> Cow<'_, str> {
+    if !s.contains("<!--") {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("<!--") {
+        out.push_str(&rest[..i]);
+        match rest[i..].find("-->") {
+            Some(j) => rest = &rest[i + j + 3..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// Replacements of byte ranges of the source; applied in one pass.
+#[derive(Debug, Default)]
+pub struct Edits {
+    /// (start, end, replacement, sequence) - sequence keeps insertion order at equal offsets.
+    items: Vec<(usize, usize, String, usize)>,
+}
+
+impl Edits {
+    pub fn replace(&mut self, start: usize, end: usize, with: impl Into<String>) {
+        let seq = self.items.len();
+        self.items.push((start, end, with.into(), seq));
+    }
+
+    pub fn insert(&mut self, at: usize, text: impl Into<String>) {
+        self.replace(at, at, text);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Applies the edits to `src`. An edit lying inside an earlier-starting wider replacement is
+    /// dropped (a restored or removed parent already covers it).
+    pub fn apply(mut self, src: &str) -> String {
+        self.items.sort_by(|a, b| a.0.cmp(&b.0).then(a.3.cmp(&b.3)));
+        let extra: usize = self.items.iter().map(|i| i.2.len()).sum();
+        let mut out = String::with_capacity(src.len() + extra);
+        let mut pos = 0;
+        for (start, end, text, _) in self.items {
+            if start < pos {
+                continue;
+            }
+            out.push_str(&src[pos..start]);
+            out.push_str(&text);
+            pos = end;
+        }
+        out.push_str(&src[pos..]);
+        out
+    }
+}
+
+/// Escapes text for an attribute value quoted with `quote`.
+pub fn escape_attr(value: &str, quote: char) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' if quote == '"' => out.push_str("&quot;"),
+            '\'' if quote == '\'' => out.push_str("&apos;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' => out.push_str("&#9;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes element text.
+pub fn escape_text(value: &str) -> String {
+    value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

@@ -1,0 +1,127 @@
+//! Where QEMU's q35 machine puts each guest NUMA cell in guest-physical address space.
+//!
+//! QEMU lays the cells' memory out in cell order as one RAM block. On q35 the part below 4 GiB
+//! is all of it when the RAM is smaller than 2.75 GiB (0xb0000000), else the first 2 GiB; the
+//! rest starts at 4 GiB. A cell that crosses that split gets two ranges.
+
+/// RAM size from which q35 keeps only 2 GiB below 4 GiB.
+pub const Q35_LOWMEM_LIMIT: u64 = 0xb000_0000;
+/// Below-4G RAM of a q35 guest with at least [`Q35_LOWMEM_LIMIT`] of RAM.
+pub const Q35_LOWMEM_LARGE: u64 = 0x8000_0000;
+pub const FOUR_GIB: u64 = 0x1_0000_0000;
+
+/// One guest-physical range `[start, start + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpaRange {
+    pub start: u64,
+    pub size: u64,
+}
+
+/// The guest-physical ranges of every cell, given the cells' sizes in cell order.
+pub fn guest_ranges(cell_sizes: &[u64]) -> Vec<Vec<GpaRange>> {
+    let total: u64 = cell_sizes.iter().fold(0u64, |a, s| a.saturating_add(*s));
+    let below_4g = if total >= Q35_LOWMEM_LIMIT {
+        Q35_LOWMEM_LARGE
+    } else {
+        total
+    };
+    let mut offset = 0u64;
+    let mut out = Vec::with_capacity(cell_sizes.len());
+    for size in cell_sizes {
+        let start = offset;
+        let end = offset.saturating_add(*size);
+        offset = end;
+        let mut ranges = Vec::new();
+        if start < below_4g {
+            let low_end = end.min(below_4g);
+            ranges.push(GpaRange {
+                start,
+                size: low_end - start,
+            });
+        }
+        if end > below_4g {
+            let high_start = start.max(below_4g);
+            ranges.push(GpaRange {
+                start: high_start - below_4g + FOUR_GIB,
+                size: end - high_start,
+            });
+        }
+        out.push(ranges);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_all_below_4g() {
+        let r = guest_ranges(&[1 << 30, 512 << 20]);
+        assert_eq!(
+            r[0],
+            vec![GpaRange {
+                start: 0,
+                size: 1 << 30
+            }]
+        );
+        assert_eq!(
+            r[1],
+            vec![GpaRange {
+                start: 1 << 30,
+                size: 512 << 20
+            }]
+        );
+    }
+
+    #[test]
+    fn large_guest_splits_at_2g_and_the_crossing_cell_gets_two_ranges() {
+        // 1.5 GiB + 2 GiB = 3.5 GiB >= 2.75 GiB: 2 GiB below 4G.
+        let r = guest_ranges(&[3 << 29, 2 << 30]);
+        assert_eq!(
+            r[0],
+            vec![GpaRange {
+                start: 0,
+                size: 3 << 29
+            }]
+        );
+        assert_eq!(
+            r[1],
+            vec![
+                GpaRange {
+                    start: 3 << 29,
+                    size: 1 << 29
+                },
+                GpaRange {
+                    start: FOUR_GIB,
+                    size: 3 << 29
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn cell_entirely_above_4g() {
+        let r = guest_ranges(&[4 << 30, 64 << 30]);
+        assert_eq!(
+            r[0],
+            vec![
+                GpaRange {
+                    start: 0,
+                    size: 2 << 30
+                },
+                GpaRange {
+                    start: FOUR_GIB,
+                    size: 2 << 30
+                }
+            ]
+        );
+        assert_eq!(
+            r[1],
+            vec![GpaRange {
+                start: FOUR_GIB + (2 << 30),
+                size: 64 << 30
+            }]
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Removes what an earlier rewrite recorded in the `hbm:applied` metadata record.
+
+use topology::PciAddress;
+
+use super::apply::hostdev_source;
+use super::document::{Document, Edits};
+use super::metadata::{self, HbmMetadata, UndoOp};
+
+/// Splits an undo path into steps (`/` inside `[...]` does not split).
+fn steps(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in path.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '/' if depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < path.len() {
+        out.push(&path[start..]);
+    }
+    out
+}
+
+/// Finds the element a recorded path names.
+pub(crate) fn resolve(doc: &Document<'_>, path: &str) -> Option<usize> {
+    let mut cur = doc.root;
+    for step in steps(path) {
+        let (name, keys) = match step.split_once('[') {
+            Some((n, rest)) => (
+                n,
+                rest.trim_end_matches(']')
+                    .split("][")
+                    .filter_map(|k| k.split_once('='))
+                    .collect(),
+            ),
+            None => (step, Vec::new()),
+        };
+        cur = match name {
+            "{hbm}" => metadata::element(doc).filter(|e| doc.elements[*e].parent == Some(cur))?,
+            "{applied}" => metadata::child(doc, cur, "applied")?,
+            _ => doc.children(cur).find(|c| {
+                doc.name(*c) == name
+                    && keys.iter().all(|(k, v)| match *k {
+                        "source" => PciAddress::parse(v)
+                            .ok()
+                            .is_some_and(|want| hostdev_source(doc, *c) == Some(want)),
+                        k => doc.attr(*c, k).is_some_and(|a| a == *v),
+                    })
+            })?,
+        };
+    }
+    Some(cur)
+}
+
+/// The document without the recorded additions and without the record itself.
+pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
+    let mut edits = Edits::default();
+    for op in &meta.undo {
+        match op {
+            UndoOp::Remove { at, previous } => {
+                let Some(idx) = resolve(doc, at) else {
+                    tracing::debug!(at = %at, "recorded addition not found; nothing to remove");
+                    continue;
+                };
+                let mut from = doc.leading_ws_start(idx);
+                if let Some(prev_value) = previous
+                    && let Some(parent) = doc.elements[idx].parent
+                {
+                    let sibs = &doc.elements[parent].children;
+                    if let Some(pos) = sibs.iter().position(|c| *c == idx)
+                        && pos > 0
+                    {
+                        let prev = sibs[pos - 1];
+                        if doc.local_name(prev) == "arg" && doc.attr(prev, "value").is_some_and(|v| v == *prev_value) {
+                            from = doc.leading_ws_start(prev);
+                        }
+                    }
+                }
+                edits.replace(from, doc.elements[idx].end, "");
+            }
+            UndoOp::Restore { at, raw } => {
+                let Some(idx) = resolve(doc, at) else {
+                    tracing::debug!(at = %at, "recorded element not found; nothing to restore");
+                    continue;
+                };
+                let e = &doc.elements[idx];
+                edits.replace(e.start, e.end, raw.clone());
+            }
+            UndoOp::RemoveRootAttr { name } => {
+                if let Some(a) = doc.attrs(doc.root).into_iter().find(|a| a.name == name) {
+                    let bytes = doc.src.as_bytes();
+                    let mut from = a.name_start;
+                    while from > 0 && bytes[from - 1].is_ascii_whitespace() {
+                        from -= 1;
+                    }
+                    edits.replace(from, a.end, "");
+                }
+            }
+        }
+    }
+    // The record itself.
+    if let Some(ours) = metadata::element(doc)
+        && let Some(applied) = metadata::child(doc, ours, "applied")
+    {
+        edits.replace(doc.leading_ws_start(applied), doc.elements[applied].end, "");
+    }
+    edits.apply(doc.src)
+}
