@@ -72,12 +72,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- list $entry | toJson }}
 {{- end }}
 
-{{/* permittedHostDevices.pciHostDevices entries for every resource rule that names vendor and device. */}}
+{{/* permittedHostDevices.pciHostDevices entries: one per vendor:device a resource rule names (vendor-only rules get none: KubeVirt's selector needs both). */}}
 {{- define "hbm-passthrough.pciHostDevices" -}}
 {{- $out := list }}
 {{- range .Values.config.resources }}
-{{- if and .selector.vendor .selector.device }}
-{{- $out = append $out (dict "pciVendorSelector" (printf "%s:%s" (.selector.vendor | lower | trimPrefix "0x") (.selector.device | lower | trimPrefix "0x")) "resourceName" .name "externalResourceProvider" true) }}
+{{- $rule := . }}
+{{- $devices := .selector.devices | default list }}
+{{- if .selector.device }}
+{{- $devices = prepend $devices .selector.device }}
+{{- end }}
+{{- range $devices }}
+{{- $out = append $out (dict "pciVendorSelector" (printf "%s:%s" ($rule.selector.vendor | lower | trimPrefix "0x") (. | lower | trimPrefix "0x")) "resourceName" $rule.name "externalResourceProvider" true) }}
 {{- end }}
 {{- end }}
 {{- $out | toJson }}

@@ -611,7 +611,11 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
     let configuration: Value = serde_yaml_ng::from_str(&data["kubevirt-configuration.yaml"]).unwrap();
     assert_eq!(
         configuration["permittedHostDevices"]["pciHostDevices"],
-        json!([{"pciVendorSelector": "1002:74a1", "resourceName": "example.invalid/mi300x-hbm", "externalResourceProvider": true}])
+        json!([
+            {"pciVendorSelector": "1002:74a1", "resourceName": "example.invalid/mi300x-hbm", "externalResourceProvider": true},
+            {"pciVendorSelector": "1002:74a0", "resourceName": "example.invalid/mi300a-mi250x", "externalResourceProvider": true},
+            {"pciVendorSelector": "1002:740c", "resourceName": "example.invalid/mi300a-mi250x", "externalResourceProvider": true},
+        ])
     );
     let sidecars: Value = serde_json::from_str(&data["hook-sidecars.json"]).unwrap();
     assert_eq!(
