@@ -1,0 +1,212 @@
+//! `hbm-hook`'s config file (`--config FILE`, default `/etc/hbm-passthrough/hook.yaml` when it
+//! exists): YAML, unknown keys rejected.
+//!
+//! ```yaml
+//! discovery:            # topology::DiscoveryConfig (explicit GPU -> HBM mappings)
+//!   gpus: []
+//! rewrite:
+//!   policy: auto        # off | auto | required
+//!   dialect: kernel-cmdline
+//!   size_cap: 64GiB     # bytes or with a unit; absent = whole region
+//!   adapter_path: /usr/local/bin/hbm-qemu
+//!   native_generic_initiator: false
+//! qemu:
+//!   emulator: /usr/bin/qemu-system-x86_64
+//!   probe_cache_dir: /var/cache/hbm-passthrough
+//! claims:
+//!   dir: /run/hbm-passthrough/claims
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::rewrite::size::parse_size;
+use crate::rewrite::{Dialect, PolicyMode, RewriteOptions};
+
+/// Where the config is read from when `--config` is not given (only if the file exists).
+pub const DEFAULT_PATH: &str = "/etc/hbm-passthrough/hook.yaml";
+
+/// Why the config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {reason}; fix the file (see docs/rewrite.md)")]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookConfig {
+    pub discovery: DiscoverySection,
+    pub rewrite: RewriteSection,
+    pub qemu: QemuSection,
+    pub claims: ClaimsSection,
+}
+
+/// Discovery settings (explicit mappings), as `topology` defines them.
+pub type DiscoverySection = topology::DiscoveryConfig;
+
+/// Defaults for the rewriter (a domain's metadata overrides them).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteSection {
+    #[serde(deserialize_with = "de_policy")]
+    pub policy: PolicyMode,
+    #[serde(deserialize_with = "de_dialect")]
+    pub dialect: Dialect,
+    #[serde(deserialize_with = "de_size")]
+    pub size_cap: Option<u64>,
+    pub adapter_path: String,
+    pub native_generic_initiator: bool,
+}
+
+impl Default for RewriteSection {
+    fn default() -> Self {
+        let o = RewriteOptions::default();
+        Self {
+            policy: o.policy,
+            dialect: o.dialect,
+            size_cap: o.size_cap_bytes,
+            adapter_path: o.adapter_path,
+            native_generic_initiator: o.native_generic_initiator,
+        }
+    }
+}
+
+/// QEMU settings (used by the argv adapter and the capability probe).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuSection {
+    pub emulator: PathBuf,
+    pub probe_cache_dir: PathBuf,
+}
+
+impl Default for QemuSection {
+    fn default() -> Self {
+        Self {
+            emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            probe_cache_dir: PathBuf::from("/var/cache/hbm-passthrough"),
+        }
+    }
+}
+
+/// Region claims (libvirt hook).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsSection {
+    pub dir: PathBuf,
+}
+
+impl Default for ClaimsSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/run/hbm-passthrough/claims"),
+        }
+    }
+}
+
+fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<PolicyMode, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_dialect<'de, D: Deserializer<'de>>(d: D) -> Result<Dialect, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(b)) => Ok(Some(b)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl HookConfig {
+    /// Reads `path`, or [`DEFAULT_PATH`] when `path` is `None` and that file exists, else the
+    /// built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<HookConfig, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_PATH);
+                if !p.exists() {
+                    return Ok(HookConfig::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Parse { path, reason })
+    }
+
+    /// Parses the YAML text (an empty document is the defaults).
+    pub fn parse(text: &str) -> Result<HookConfig, String> {
+        if text.trim().is_empty() {
+            return Ok(HookConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The rewriter defaults this config gives.
+    pub fn rewrite_options(&self) -> RewriteOptions {
+        RewriteOptions {
+            policy: self.rewrite.policy,
+            dialect: self.rewrite.dialect,
+            size_cap_bytes: self.rewrite.size_cap,
+            adapter_path: self.rewrite.adapter_path.clone(),
+            native_generic_initiator: self.rewrite.native_generic_initiator,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu_instructions::MemmapType;
+
+    #[test]
+    fn parses_every_section() {
+        let c = HookConfig::parse(
+            "rewrite:\n  policy: required\n  dialect: memmap-type=reserved\n  size_cap: 16GiB\n  adapter_path: /opt/hbm-qemu\n  native_generic_initiator: true\nqemu:\n  emulator: /opt/qemu\n  probe_cache_dir: /tmp/c\nclaims:\n  dir: /tmp/claims\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(c.rewrite.policy, PolicyMode::Required);
+        assert_eq!(c.rewrite.dialect, Dialect::MemmapType(MemmapType::Reserved));
+        assert_eq!(c.rewrite.size_cap, Some(16 << 30));
+        assert_eq!(c.qemu.emulator, PathBuf::from("/opt/qemu"));
+        assert_eq!(c.claims.dir, PathBuf::from("/tmp/claims"));
+        let o = c.rewrite_options();
+        assert!(o.native_generic_initiator);
+        assert_eq!(o.adapter_path, "/opt/hbm-qemu");
+        assert_eq!(
+            HookConfig::parse("rewrite:\n  size_cap: 1048576\n").map(|c| c.rewrite.size_cap),
+            Ok(Some(1 << 20))
+        );
+    }
+
+    #[test]
+    fn defaults_and_rejections() {
+        assert_eq!(HookConfig::parse(""), Ok(HookConfig::default()));
+        assert_eq!(
+            HookConfig::default().qemu.emulator,
+            PathBuf::from("/usr/bin/qemu-system-x86_64")
+        );
+        assert!(HookConfig::parse("rewrite:\n  frobnicate: 1\n").is_err_and(|e| e.contains("frobnicate")));
+        assert!(HookConfig::parse("rewrite:\n  dialect: spm\n").is_err_and(|e| e.contains("unknown dialect")));
+        assert!(HookConfig::parse("rewrite:\n  policy: sometimes\n").is_err_and(|e| e.contains("unknown policy")));
+        assert!(HookConfig::parse("rewrite:\n  size_cap: lots\n").is_err());
+        assert!(HookConfig::parse("nonsense: true\n").is_err());
+    }
+}
