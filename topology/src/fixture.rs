@@ -709,11 +709,7 @@ impl FixtureHost {
     }
 }
 
-/// Whether a 24-bit PCI class code is GPU-like: display (0x03xxxx) or processing accelerator
-/// (0x1200xx).
-pub fn is_gpu_class(class: u32) -> bool {
-    (class >> 16) == 0x03 || (class >> 8) == 0x1200
-}
+pub use crate::pci::is_gpu_class;
 
 struct TreeWriter {
     root: PathBuf,
@@ -796,10 +792,7 @@ fn expand_cpulist(s: &str) -> Vec<u32> {
 // SRAT
 
 /// Memory affinity flag bits (ACPI 6.6 5.2.16.2).
-pub const MEM_ENABLED: u32 = 1;
-pub const MEM_HOT_PLUGGABLE: u32 = 1 << 1;
-pub const MEM_NON_VOLATILE: u32 = 1 << 2;
-pub const MEM_SPECIFIC_PURPOSE: u32 = 1 << 3;
+pub use crate::srat::{MEM_ENABLED, MEM_HOT_PLUGGABLE, MEM_NON_VOLATILE, MEM_SPECIFIC_PURPOSE};
 
 /// Builds a binary ACPI SRAT (revision 3) with a correct checksum.
 #[derive(Clone, Debug, Default)]

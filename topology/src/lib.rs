@@ -8,11 +8,139 @@
 //! `merge` applies the precedence config > nvidia > dax > cpuless-node > srat, `report` renders
 //! the human table. Entry points: [`discover`] and [`render_table`].
 
-pub mod model;
-mod pci_address;
+use std::path::Path;
 
+pub mod config;
+pub mod dax;
+pub mod iomem;
+pub mod memmap;
+mod merge;
+pub mod model;
+pub mod node;
+pub mod nvidia;
+pub mod pci;
+mod pci_address;
+pub mod report;
+pub mod srat;
+pub mod sysfs;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "fixture")]
 pub mod fixture;
 
+pub use config::{ConfigError, DiscoveryConfig, GpuMapping};
 pub use model::{Gpu, Health, Inventory, Memmap, NumaNode, Region, SCHEMA_VERSION, Source};
 pub use pci_address::{PciAddress, PciAddressError};
+pub use report::render_table;
+
+/// Root-relative path of the SRAT image.
+const SRAT: &str = "sys/firmware/acpi/tables/SRAT";
+
+/// Why discovery could not run at all (everything else ends up in the inventory).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error(
+        "sysfs root {root} is unusable: {why}; pass --sysfs-root DIR naming a directory that holds sys/ (and proc/)"
+    )]
+    RootUnusable { root: String, why: String },
+}
+
+fn check_root(root: &Path) -> Result<(), DiscoverError> {
+    let err = |why: String| DiscoverError::RootUnusable {
+        root: root.display().to_string(),
+        why,
+    };
+    let meta = std::fs::metadata(root).map_err(|e| err(format!("cannot stat it ({e})")))?;
+    if !meta.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    let sys = root.join("sys");
+    match std::fs::read_dir(&sys) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err("it has no sys/ folder".into())),
+        Err(e) => Err(err(format!("{} is unreadable ({e})", sys.display()))),
+    }
+}
+
+/// Scans the sysfs/procfs tree at `root` and returns the host's GPUs, HBM regions and NUMA
+/// nodes. Fails only when `root` itself is unusable (missing, not a directory, no `sys/`);
+/// odd or broken files become skipped regions, unhealthy regions (with a reason naming the
+/// file) or [`Inventory::warnings`].
+pub fn discover(root: &Path, config: &DiscoveryConfig) -> Result<Inventory, DiscoverError> {
+    check_root(root)?;
+    let fs = sysfs::Sysfs::new(root);
+    let mut warnings = Vec::new();
+    let pci = pci::scan(&fs);
+    let nodes = node::scan(&fs);
+    let dax = dax::scan(&fs);
+    let nvidia = nvidia::scan(&fs);
+    let srat = match fs.read_bytes(SRAT) {
+        Ok(b) => match srat::parse(&b) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warnings.push(format!("{}: {e}; SRAT ignored", fs.path(SRAT).display()));
+                None
+            }
+        },
+        // Root-only and masked in containers: absence is normal.
+        Err(e) if e.is_missing() => None,
+        Err(e) => {
+            warnings.push(format!("{e}; SRAT ignored"));
+            None
+        }
+    };
+    let iomem = iomem::scan(&fs, &mut warnings);
+    let memmap = memmap::scan(&fs, &mut warnings);
+    for w in [&pci.warnings, &nodes.warnings, &dax.warnings, &nvidia.warnings] {
+        warnings.extend(w.iter().cloned());
+    }
+    let facts = merge::Facts {
+        pci,
+        nodes,
+        dax,
+        nvidia,
+        srat,
+        iomem,
+        memmap,
+    };
+    let regions = merge::regions(&fs, config, &facts, &mut warnings);
+    let gpus = facts
+        .pci
+        .gpus
+        .iter()
+        .map(|g| Gpu {
+            address: g.address,
+            vendor: g.vendor.clone(),
+            device: g.device.clone(),
+            class: g.class.clone(),
+            driver: g.driver.clone(),
+            iommu_group: g.iommu_group,
+            numa_node: g.numa_node,
+            cpu_node: merge::gpu_cpu_node(&facts.nodes, g),
+            peer_group: None,
+        })
+        .collect();
+    let t = &facts.nodes;
+    let nodes = t
+        .nodes
+        .values()
+        .map(|n| NumaNode {
+            id: n.id,
+            cpus: n.cpulist.clone(),
+            mem_total_bytes: n.mem_total_bytes.unwrap_or(0),
+            online: t.is_online(n.id),
+            generic_initiator: t.has_generic_initiator.binary_search(&n.id).is_ok(),
+            distances: n.distances.clone(),
+        })
+        .collect();
+    tracing::debug!(root = %root.display(), regions = regions.len(), "discovery done");
+    Ok(Inventory {
+        schema_version: SCHEMA_VERSION,
+        root: root.display().to_string(),
+        gpus,
+        regions,
+        nodes,
+        warnings,
+    })
+}

@@ -1,0 +1,271 @@
+//! A reader rooted at a sysfs/procfs root (`/` on a host, a fixture tree in tests): paths are
+//! given relative to the root (`sys/bus/pci/devices`), reads are typed, and every error names
+//! the file it concerns.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Largest id accepted in a cpulist/nodelist (guards against `0-4294967295` blowing up memory).
+pub const MAX_LIST_ID: u32 = 65_535;
+
+/// Largest file read, in bytes (sysfs attributes are a page; `/proc/iomem` and SRAT are small).
+const MAX_READ: u64 = 16 << 20;
+
+/// Why a sysfs file could not be read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    #[error("{path}: missing")]
+    Missing { path: PathBuf },
+    #[error("{path}: unreadable: {source}")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{path}: {value:?} is not {expected}")]
+    Garbage {
+        path: PathBuf,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl SysfsError {
+    /// The file the error concerns.
+    pub fn path(&self) -> &Path {
+        match self {
+            SysfsError::Missing { path } | SysfsError::Unreadable { path, .. } | SysfsError::Garbage { path, .. } => {
+                path
+            }
+        }
+    }
+
+    pub fn is_missing(&self) -> bool {
+        matches!(self, SysfsError::Missing { .. })
+    }
+}
+
+/// A sysfs/procfs root.
+#[derive(Clone, Debug)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Sysfs {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute path of `rel` under the root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn io_error(&self, rel: &str, e: io::Error) -> SysfsError {
+        let path = self.path(rel);
+        if e.kind() == io::ErrorKind::NotFound {
+            SysfsError::Missing { path }
+        } else {
+            SysfsError::Unreadable { path, source: e }
+        }
+    }
+
+    /// Whether `rel` exists (following links).
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+
+    /// Raw bytes of `rel` (at most 16 MiB).
+    pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
+        let f = fs::File::open(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
+        let mut buf = Vec::new();
+        f.take(MAX_READ)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io_error(rel, e))?;
+        Ok(buf)
+    }
+
+    /// Whole text of `rel` (lossy UTF-8), untrimmed.
+    pub fn read_text(&self, rel: &str) -> Result<String, SysfsError> {
+        let b = self.read_bytes(rel)?;
+        Ok(match String::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    /// Text of `rel` with surrounding whitespace trimmed (one-value attributes).
+    pub fn read_value(&self, rel: &str) -> Result<String, SysfsError> {
+        // Some kernels/snapshots end attributes with a NUL after the newline.
+        let s = self.read_text(rel)?;
+        Ok(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string())
+    }
+
+    fn garbage(&self, rel: &str, value: &str, expected: &'static str) -> SysfsError {
+        let mut value = value.to_string();
+        if value.len() > 64 {
+            let mut cut = 64;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+            value.push('…');
+        }
+        SysfsError::Garbage {
+            path: self.path(rel),
+            value,
+            expected,
+        }
+    }
+
+    /// A decimal u64 (`size`, `align`).
+    pub fn read_u64(&self, rel: &str) -> Result<u64, SysfsError> {
+        let v = self.read_value(rel)?;
+        v.parse().map_err(|_| self.garbage(rel, &v, "a decimal number"))
+    }
+
+    /// A hex u64 with or without `0x` (`resource`, `mapping0/start`, memmap `start`).
+    pub fn read_hex(&self, rel: &str) -> Result<u64, SysfsError> {
+        let v = self.read_value(rel)?;
+        parse_hex(&v).ok_or_else(|| self.garbage(rel, &v, "a hex number"))
+    }
+
+    /// A node number where `-1` means none (`numa_node`, `target_node`): `Ok(None)` for -1.
+    pub fn read_node(&self, rel: &str) -> Result<Option<u32>, SysfsError> {
+        let v = self.read_value(rel)?;
+        match v.parse::<i64>() {
+            Ok(-1) => Ok(None),
+            Ok(n) if (0..=i64::from(MAX_LIST_ID)).contains(&n) => Ok(Some(n as u32)),
+            Ok(_) => Err(self.garbage(rel, &v, "a node number (-1 or 0..65535)")),
+            Err(_) => Err(self.garbage(rel, &v, "a node number")),
+        }
+    }
+
+    /// A cpulist/nodelist (`0-3,8`); empty text is an empty list.
+    pub fn read_list(&self, rel: &str) -> Result<Vec<u32>, SysfsError> {
+        let v = self.read_value(rel)?;
+        parse_list(&v).ok_or_else(|| self.garbage(rel, &v, "a list like 0-3,8"))
+    }
+
+    /// The last component of the link `rel` points at (`driver` -> `vfio-pci`); `Ok(None)` when
+    /// there is no such link.
+    pub fn read_link_name(&self, rel: &str) -> Result<Option<String>, SysfsError> {
+        match fs::read_link(self.path(rel)) {
+            Ok(t) => Ok(t.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error(rel, e)),
+        }
+    }
+
+    /// The link target of `rel` as written (relative), `Ok(None)` when `rel` is not a link.
+    pub fn read_link(&self, rel: &str) -> Result<Option<PathBuf>, SysfsError> {
+        match fs::read_link(self.path(rel)) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.io_error(rel, e)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(None),
+            Err(e) => Err(self.io_error(rel, e)),
+        }
+    }
+
+    /// Entry names of the folder `rel`, sorted; a missing folder is `Missing`.
+    pub fn list_dir(&self, rel: &str) -> Result<Vec<String>, SysfsError> {
+        let rd = fs::read_dir(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
+        let mut names = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| self.io_error(rel, e))?;
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+}
+
+/// Hex with optional `0x`/`0X` prefix.
+pub fn parse_hex(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    if digits.is_empty() {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Parses a cpulist/nodelist (`0-3,8,10-11`), ids up to [`MAX_LIST_ID`]. Sorted, deduplicated.
+pub fn parse_list(s: &str) -> Option<Vec<u32>> {
+    let s = s.trim();
+    let mut out = Vec::new();
+    if s.is_empty() {
+        return Some(out);
+    }
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if a > b || b > MAX_LIST_ID {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// Parses a hex CPU mask as in `local_cpus` (`ffff,00000000`, 32-bit words, most significant
+/// first) into CPU ids.
+pub fn parse_cpumask(s: &str) -> Option<Vec<u32>> {
+    let words: Vec<&str> = s.trim().split(',').collect();
+    let mut out = Vec::new();
+    for (i, w) in words.iter().rev().enumerate() {
+        let w = w.trim();
+        if w.is_empty() || w.len() > 8 {
+            return None;
+        }
+        let bits = u32::from_str_radix(w, 16).ok()?;
+        for b in 0..32u32 {
+            if bits & (1 << b) != 0 {
+                let id = u32::try_from(i).ok()?.checked_mul(32)?.checked_add(b)?;
+                if id > MAX_LIST_ID {
+                    return None;
+                }
+                out.push(id);
+            }
+        }
+    }
+    out.sort_unstable();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lists_parse_and_reject_garbage() {
+        assert_eq!(parse_list("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert_eq!(parse_list("").unwrap(), Vec::<u32>::new());
+        assert_eq!(parse_list("250-255").unwrap().len(), 6);
+        for bad in ["x", "3-1", "0-4294967295", "1,,2", "-1", "1-"] {
+            assert_eq!(parse_list(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hex_and_masks() {
+        assert_eq!(parse_hex("0x20000000"), Some(0x2000_0000));
+        assert_eq!(parse_hex("3f0000000"), Some(0x3_f000_0000));
+        assert_eq!(parse_hex("0x"), None);
+        assert_eq!(parse_cpumask("00000000,0000000f").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(parse_cpumask("1,00000000").unwrap(), vec![32]);
+        assert_eq!(parse_cpumask("zz"), None);
+    }
+}
