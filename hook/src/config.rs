@@ -15,6 +15,7 @@
 //!   probe_cache_dir: /var/cache/hbm-passthrough
 //! claims:
 //!   dir: /run/hbm-passthrough/claims
+//! sysfs_root: /         # what the libvirt hook and the sidecar scan
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ pub struct HookConfig {
     pub rewrite: RewriteSection,
     pub qemu: QemuSection,
     pub claims: ClaimsSection,
+    /// sysfs/procfs root the libvirt hook and the KubeVirt sidecar scan (default `/`; a fixture
+    /// tree in tests).
+    pub sysfs_root: Option<PathBuf>,
 }
 
 /// Discovery settings (explicit mappings), as `topology` defines them.

@@ -1,10 +1,14 @@
 //! hbm-hook: the libvirt domain-XML hook and its tools.
 //!
 //! Exit codes of `discover`: 0 inventory printed, 2 unusable sysfs root or bad config.
+//! Exit codes of `rewrite`: 0 ok (also "nothing to do"), 1 I/O or internal, 2 bad input,
+//! 3 cannot satisfy.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use hbm_hook::rewrite_command::{self, RewriteArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +25,9 @@ struct Cli {
 enum Command {
     /// Show which GPUs own which HBM regions on this host (table, or --json for the contract).
     Discover(topology::cli::DiscoverArgs),
+    /// Rewrite a libvirt domain definition: one SPM NUMA cell per HBM region of each PCI
+    /// hostdev, behind a pcie-expander-bus naming it, with an ACPI Generic Initiator.
+    Rewrite(RewriteArgs),
 }
 
 fn init_tracing() {
@@ -33,9 +40,18 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Invoked as `hbm-qemu` (libvirt's <emulator>): every argument is QEMU's, no CLI parsing.
+    let mut args = std::env::args_os();
+    if let Some(argv0) = args.next()
+        && hbm_hook::adapter_command::invoked_as_adapter(&argv0)
+    {
+        return hbm_hook::adapter_command::main_as_emulator(args.collect());
+    }
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
         Command::Discover(args) => topology::cli::run_discover(&args),
+        Command::Qemu(args) => hbm_hook::adapter_command::run(args),
+        Command::Rewrite(args) => ExitCode::from(rewrite_command::main(&args)),
     }
 }

@@ -38,13 +38,31 @@ impl Policy {
     }
 }
 
-/// Parses a libvirt number attribute (`0x1f` or `31`).
+/// Parses a libvirt number attribute the way libvirt does (C `strtoul` base 0: `0x1f` hex,
+/// `017` octal, `31` decimal).
 fn parse_num(s: &str) -> Option<u64> {
     let s = s.trim();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
     }
+    if s.len() > 1
+        && let Some(oct) = s.strip_prefix('0')
+    {
+        return u64::from_str_radix(oct, 8).ok();
+    }
+    s.parse().ok()
+}
+
+/// Host PCI addresses of the domain's PCI `<hostdev>`s, in document order (for front ends that
+/// check or claim regions before rewriting).
+pub fn pci_hostdevs(doc: &Document<'_>) -> Vec<PciAddress> {
+    let Some(devices) = doc.child(doc.root, "devices") else {
+        return Vec::new();
+    };
+    doc.children(devices)
+        .filter(|c| is_pci_hostdev(doc, *c))
+        .filter_map(|h| hostdev_source(doc, h))
+        .collect()
 }
 
 fn pci_from_address(doc: &Document<'_>, addr: usize) -> Option<PciAddress> {

@@ -21,6 +21,11 @@ pub mod size;
 mod undo;
 
 pub use layout::{GpaRange, guest_ranges};
+
+/// Host PCI addresses of the PCI `<hostdev>`s in a domain definition, in document order.
+pub fn pci_hostdevs(xml: &str) -> Result<Vec<topology::PciAddress>, RewriteError> {
+    Ok(apply::pci_hostdevs(&document::Document::parse(xml)?))
+}
 pub use metadata::{ClaimedRegion, GpuPolicy, HbmMetadata, NAMESPACE, read_metadata};
 
 /// Per-domain policy: which hostdevs get their HBM.
