@@ -1,6 +1,8 @@
 //! The QEMU argv adapter's shell: `hbm-qemu ARGS...` (the binary invoked under a name starting
 //! with `hbm-qemu`, which is what libvirt runs as `<emulator>`) or `hbm-hook qemu [--emulator P]
-//! [--probe-cache-dir D] -- ARGS...`.
+//! [--probe-cache-dir D] [--config F] -- ARGS...`. Settings: flag or environment
+//! (`HBM_QEMU_EMULATOR`, `HBM_PROBE_CACHE_DIR`, `HBM_HOOK_CONFIG`), else the config file's `qemu`
+//! section, else the defaults (`/usr/bin/qemu-system-x86_64`, `/var/cache/hbm-passthrough`).
 //!
 //! Reads the instructions from `HBM_QEMU_INSTRUCTIONS` (libvirt passes `<qemu:env>` entries to the
 //! emulator), checks each dax device, asks the probe what the real QEMU speaks (cached), applies
@@ -10,7 +12,7 @@
 //! instructions the arguments pass through untouched and nothing is probed.
 //!
 //! Exit codes (only when QEMU is not exec'd; one line on stderr says why):
-//! 2 bad input (instructions, argv, dax device), 3 the QEMU cannot do what the domain asks
+//! 2 bad input (instructions, argv, dax device, config file), 3 the QEMU cannot do what the domain asks
 //! (dialect missing, probe failed or timed out), 4 the real QEMU cannot be exec'd.
 
 use std::convert::Infallible;
@@ -21,35 +23,62 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use crate::adapter::{self, AdapterError};
+use crate::config::{ConfigError, HookConfig};
 use crate::probe::{self, ProbeError};
 use crate::qemu_instructions::{self, Instruction, InstructionError};
 
-/// Real emulator when neither `--emulator` nor `HBM_QEMU_EMULATOR` says otherwise.
-pub const DEFAULT_EMULATOR: &str = "/usr/bin/qemu-system-x86_64";
-/// Probe cache directory when neither `--probe-cache-dir` nor `HBM_PROBE_CACHE_DIR` says otherwise.
-pub const DEFAULT_PROBE_CACHE_DIR: &str = "/var/cache/hbm-passthrough";
-/// Environment variable naming the real emulator.
+/// Environment variable naming the real emulator (overrides the config's `qemu.emulator`).
 pub const EMULATOR_ENV: &str = "HBM_QEMU_EMULATOR";
-/// Environment variable naming the probe cache directory.
+/// Environment variable naming the probe cache directory (overrides `qemu.probe_cache_dir`).
 pub const PROBE_CACHE_ENV: &str = "HBM_PROBE_CACHE_DIR";
+/// Environment variable naming the config file (default [`crate::config::DEFAULT_PATH`]).
+pub const CONFIG_ENV: &str = "HBM_HOOK_CONFIG";
 
-/// `hbm-hook qemu`: run as the QEMU adapter with explicit settings.
+/// `hbm-hook qemu`: run as the QEMU adapter with explicit settings. Each setting not given here
+/// comes from the config file's `qemu` section, else its default.
 #[derive(Debug, clap::Args)]
 pub struct QemuArgs {
-    /// The real QEMU to exec.
-    #[arg(long, env = EMULATOR_ENV, default_value = DEFAULT_EMULATOR)]
-    pub emulator: PathBuf,
-    /// Where probe results are cached (per binary path + mtime).
-    #[arg(long, env = PROBE_CACHE_ENV, default_value = DEFAULT_PROBE_CACHE_DIR)]
-    pub probe_cache_dir: PathBuf,
+    /// The real QEMU to exec [default: config qemu.emulator, /usr/bin/qemu-system-x86_64].
+    #[arg(long, env = EMULATOR_ENV)]
+    pub emulator: Option<PathBuf>,
+    /// Where probe results are cached, per binary path + mtime [default: config
+    /// qemu.probe_cache_dir, /var/cache/hbm-passthrough].
+    #[arg(long, env = PROBE_CACHE_ENV)]
+    pub probe_cache_dir: Option<PathBuf>,
+    /// Config file [default: /etc/hbm-passthrough/hook.yaml when it exists].
+    #[arg(long, env = CONFIG_ENV)]
+    pub config: Option<PathBuf>,
     /// QEMU's arguments, as libvirt would pass them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
 }
 
+/// Settings after the config file filled the gaps.
+#[derive(Debug)]
+struct Settings {
+    emulator: PathBuf,
+    probe_cache_dir: PathBuf,
+}
+
+fn settings(args: &QemuArgs) -> Result<Settings, ConfigError> {
+    if let (Some(emulator), Some(cache)) = (&args.emulator, &args.probe_cache_dir) {
+        return Ok(Settings {
+            emulator: emulator.clone(),
+            probe_cache_dir: cache.clone(),
+        });
+    }
+    let config = HookConfig::load(args.config.as_deref())?;
+    Ok(Settings {
+        emulator: args.emulator.clone().unwrap_or(config.qemu.emulator),
+        probe_cache_dir: args.probe_cache_dir.clone().unwrap_or(config.qemu.probe_cache_dir),
+    })
+}
+
 /// Why the adapter did not exec QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterCommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Instructions(#[from] InstructionError),
     #[error(transparent)]
@@ -73,6 +102,7 @@ impl AdapterCommandError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AdapterCommandError::Instructions(_)
+            | AdapterCommandError::Config(_)
             | AdapterCommandError::DaxDevice { .. }
             | AdapterCommandError::NotUtf8 { .. } => 2,
             AdapterCommandError::Adapter(AdapterError::DialectUnsupported { .. }) | AdapterCommandError::Probe(_) => 3,
@@ -89,14 +119,14 @@ pub fn invoked_as_adapter(argv0: &OsStr) -> bool {
         .is_some_and(|n| n.as_encoded_bytes().starts_with(b"hbm-qemu"))
 }
 
-/// Entry point when invoked as `hbm-qemu`: settings from the environment, everything after
-/// argv[0] is QEMU's. Returns only when QEMU was not exec'd.
+/// Entry point when invoked as `hbm-qemu`: settings from the environment and the config file,
+/// everything after argv[0] is QEMU's. Returns only when QEMU was not exec'd.
 pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
-    let emulator = std::env::var_os(EMULATOR_ENV).map_or_else(|| PathBuf::from(DEFAULT_EMULATOR), PathBuf::from);
-    let cache = std::env::var_os(PROBE_CACHE_ENV).map_or_else(|| PathBuf::from(DEFAULT_PROBE_CACHE_DIR), PathBuf::from);
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     run(QemuArgs {
-        emulator,
-        probe_cache_dir: cache,
+        emulator: env(EMULATOR_ENV),
+        probe_cache_dir: env(PROBE_CACHE_ENV),
+        config: env(CONFIG_ENV),
         args,
     })
 }
@@ -104,10 +134,13 @@ pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
 /// `hbm-hook qemu ...`. Returns only when QEMU was not exec'd.
 pub fn run(args: QemuArgs) -> ExitCode {
     init_stderr_log();
-    match exec_adapted(&args) {
+    match settings(&args)
+        .map_err(AdapterCommandError::from)
+        .and_then(|s| exec_adapted(&s, &args.args))
+    {
         Ok(never) => match never {},
         Err(e) => {
-            tracing::error!(emulator = %args.emulator.display(), code = e.exit_code(), "QEMU not started");
+            tracing::error!(code = e.exit_code(), "hbm-qemu: QEMU not started");
             eprintln!("hbm-qemu: {e}");
             ExitCode::from(e.exit_code())
         }
@@ -147,18 +180,18 @@ pub fn render_argv<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {
     out
 }
 
-fn exec_adapted(args: &QemuArgs) -> Result<Infallible, AdapterCommandError> {
-    let seen = render_argv(&args.emulator, &args.args);
+fn exec_adapted(settings: &Settings, qemu_args: &[OsString]) -> Result<Infallible, AdapterCommandError> {
+    let emulator = &settings.emulator;
+    let seen = render_argv(emulator, qemu_args);
     tracing::info!(argv = %seen, "hbm-qemu: argv seen");
     let wire = std::env::var(qemu_instructions::ENV_VAR).unwrap_or_default();
     let instructions = qemu_instructions::parse(&wire)?;
-    refuse_self(&args.emulator)?;
+    refuse_self(emulator)?;
     if instructions.is_empty() {
         tracing::info!(argv = %seen, "hbm-qemu: no instructions, argv exec'd unchanged");
-        return exec(&args.emulator, &args.args);
+        return exec(emulator, qemu_args);
     }
-    let argv: Vec<String> = args
-        .args
+    let argv: Vec<String> = qemu_args
         .iter()
         .enumerate()
         .map(|(index, a)| {
@@ -168,15 +201,15 @@ fn exec_adapted(args: &QemuArgs) -> Result<Infallible, AdapterCommandError> {
         })
         .collect::<Result<_, _>>()?;
     check_dax_devices(&instructions)?;
-    let facts = probe::capabilities(&args.emulator, &args.probe_cache_dir, probe::PROBE_TIMEOUT)?;
+    let facts = probe::capabilities(emulator, &settings.probe_cache_dir, probe::PROBE_TIMEOUT)?;
     let out = adapter::transform(&argv, &instructions, &facts)?;
     tracing::info!(
-        argv = %render_argv(&args.emulator, &out),
+        argv = %render_argv(emulator, &out),
         instructions = %wire,
         dialects = %facts.dialects(),
         "hbm-qemu: argv exec'd"
     );
-    exec(&args.emulator, &out)
+    exec(emulator, &out)
 }
 
 fn check_dax_devices(instructions: &[Instruction]) -> Result<(), AdapterCommandError> {
