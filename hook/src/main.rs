@@ -28,6 +28,9 @@ enum Command {
     /// Rewrite a libvirt domain definition: one SPM NUMA cell per HBM region of each PCI
     /// hostdev, behind a pcie-expander-bus naming it, with an ACPI Generic Initiator.
     Rewrite(RewriteArgs),
+    /// Run as the QEMU argv adapter (what `<emulator>` names via an `hbm-qemu` symlink): apply the
+    /// domain's HBM_QEMU_INSTRUCTIONS to QEMU's arguments and exec the real QEMU.
+    Qemu(hbm_hook::adapter_command::QemuArgs),
 }
 
 fn init_tracing() {
