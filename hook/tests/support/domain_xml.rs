@@ -123,8 +123,11 @@ pub fn parse(xml: &str) -> Result<Element, String> {
                 }
             }
             Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&t.xml_content(XmlVersion::Implicit1_0));
+                let content = t.xml_content(XmlVersion::Implicit1_0);
+                match stack.last_mut() {
+                    Some(top) => top.text.push_str(&content),
+                    None if content.trim().is_empty() => {}
+                    None => return Err(format!("text outside the root element at byte {begin}")),
                 }
             }
             Event::CData(t) => {
@@ -217,8 +220,18 @@ pub struct PciHostdev {
     pub driver: Option<String>,
     /// The guest `<address type='pci'>` (outside `<source>`), if present.
     pub guest_address: Option<PciAddr>,
+    /// The `type` of the guest `<address>` (outside `<source>`): `pci`, `unassigned`, ...
+    pub guest_address_type: Option<String>,
     pub span: Range<usize>,
     pub start_tag_end: usize,
+}
+
+impl PciHostdev {
+    /// `<address type='unassigned'/>`: libvirt detaches the device from the host but gives it to
+    /// no guest bus (QEMU never sees it).
+    pub fn is_unassigned(&self) -> bool {
+        self.guest_address_type.as_deref() == Some("unassigned")
+    }
 }
 
 /// The facts about a domain the real-component tests branch on.
@@ -269,6 +282,7 @@ pub fn facts(xml: &str) -> Result<DomainFacts, String> {
                     Some(a) => Some(PciAddr::from_element(a)?),
                     None => None,
                 },
+                guest_address_type: h.child("address").and_then(|a| a.attr("type")).map(str::to_string),
                 span: h.span.clone(),
                 start_tag_end: h.start_tag_end,
             });
@@ -364,6 +378,51 @@ pub fn with_stand_in(xml: &str, alias: &str, stand_in: StandIn) -> Result<String
         xml,
         vec![(hostdev.span.clone(), stand_in.xml(alias, address_text))],
     ))
+}
+
+/// A size in bytes from a libvirt `value` and `unit` (default KiB), as libvirt reads `<memory>`
+/// and `<cell memory=.. unit=..>`.
+pub fn bytes(value: &str, unit: Option<&str>) -> Result<u64, String> {
+    let v: u64 = value.trim().parse().map_err(|e| format!("size '{value}': {e}"))?;
+    let mult: u64 = match unit.unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1000 * 1000 * 1000 * 1000,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}'")),
+    };
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("size {value} {unit:?} overflows"))
+}
+
+/// Removes every element (anywhere in the document) for which `drop` is true; returns the new
+/// text and the names of what was removed.
+pub fn without_elements(xml: &str, drop: impl Fn(&Element) -> bool) -> Result<(String, Vec<String>), String> {
+    let root = parse(xml)?;
+    let mut edits = Vec::new();
+    let mut removed = Vec::new();
+    fn walk(
+        e: &Element,
+        drop: &dyn Fn(&Element) -> bool,
+        edits: &mut Vec<(Range<usize>, String)>,
+        removed: &mut Vec<String>,
+    ) {
+        for c in &e.children {
+            if drop(c) {
+                edits.push((c.span.clone(), String::new()));
+                removed.push(c.name.clone());
+            } else {
+                walk(c, drop, edits, removed);
+            }
+        }
+    }
+    walk(&root, &drop, &mut edits, &mut removed);
+    Ok((splice(xml, edits), removed))
 }
 
 /// Applies non-overlapping replacements (byte ranges of `text`).

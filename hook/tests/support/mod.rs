@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod domain_xml;
 pub mod guest;
+pub mod hbm_chain;
 pub mod inventory;
 pub mod libvirt;
 
