@@ -6,6 +6,7 @@
 //! dropped by the typed parse and so shows up as a difference. The Prometheus Operator's
 //! ServiceMonitor has no k8s-openapi type; [`servicemonitor`] gives it a strict one.
 
+pub mod containerfile;
 pub mod helm;
 pub mod manifest;
 pub mod roundtrip;
