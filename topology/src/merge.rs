@@ -418,6 +418,12 @@ fn to_region(
                     nodes_dir.display()
                 ));
             }
+            if m == 0 && attached.is_none() && c.nvidia_online.is_none() {
+                problems.push(format!(
+                    "{}/node{n}/meminfo: MemTotal 0 and no dax device reaches node {n}: the memory is not usable",
+                    nodes_dir.display()
+                ));
+            }
             if c.nvidia_online == Some(true) && m == 0 {
                 problems.push(format!(
                     "{}/node{n}/meminfo: MemTotal 0 though numa_status says online",

@@ -1,0 +1,55 @@
+//! Shared helpers: unpack the corpus snapshots (read in place from `../shared/corpus/sysfs`,
+//! see its SOURCES.md) and write fixture hosts into temp dirs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+use topology::fixture::FixtureHost;
+use topology::{DiscoveryConfig, Inventory, PciAddress, Region, discover};
+
+/// `shared/corpus/sysfs` beside the repository checkout.
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/sysfs")
+}
+
+/// Unpacks a corpus tarball into a temp dir; returns the dir and the sysfs root inside it.
+pub fn unpack(tarball: &str, top: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let src = corpus_dir().join(tarball);
+    assert!(src.exists(), "corpus file {} missing (shared/ must sit beside the repo)", src.display());
+    let out = Command::new("tar").arg("xf").arg(&src).arg("-C").arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tar xf {} failed (bzip2 and gzip must be installed: Debian packages bzip2, gzip): {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join(top);
+    (dir, root)
+}
+
+pub fn write(host: &FixtureHost) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    host.write_to(dir.path()).unwrap();
+    dir
+}
+
+pub fn run(root: &Path) -> Inventory {
+    discover(root, &DiscoveryConfig::default()).unwrap()
+}
+
+pub fn pci(s: &str) -> PciAddress {
+    PciAddress::parse(s).unwrap()
+}
+
+pub fn region<'a>(inv: &'a Inventory, id: &str) -> &'a Region {
+    inv.regions.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no region {id} in {:#?}", inv.regions))
+}
+
+pub fn ids(inv: &Inventory) -> Vec<&str> {
+    inv.regions.iter().map(|r| r.id.as_str()).collect()
+}
+
+pub const GIB: u64 = 1 << 30;
