@@ -69,6 +69,9 @@ pub struct Claim {
     pub uuid: String,
     /// Seconds since the Unix epoch when the claim was written.
     pub claimed_at_unix: u64,
+    /// `domain (uuid)` of the stale claim this one replaced, when it took one over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<String>,
 }
 
 /// What a successful [`ClaimStore::claim_all`] did.
@@ -144,6 +147,7 @@ impl ClaimStore {
         check_domain_name(domain)?;
         let _lock = self.lock()?;
         let mut outcome = ClaimOutcome::default();
+        let mut stale: Vec<(Claim, String)> = Vec::new();
         for region in regions {
             let path = self.claim_path(region);
             if let Some(existing) = read_claim(&path)? {
@@ -166,17 +170,7 @@ impl ClaimStore {
                             age_secs,
                         });
                     }
-                    HolderState::Gone { why } => {
-                        tracing::warn!(
-                            region = %region,
-                            stale_domain = %existing.domain,
-                            stale_uuid = %existing.uuid,
-                            why = %why,
-                            domain = %domain,
-                            "taking over stale HBM claim"
-                        );
-                        outcome.taken_over.push(existing);
-                    }
+                    HolderState::Gone { why } => stale.push((existing, why)),
                 }
             }
         }
@@ -187,6 +181,10 @@ impl ClaimStore {
                 domain: domain.to_string(),
                 uuid: uuid.to_string(),
                 claimed_at_unix: now_unix,
+                took_over_from: stale
+                    .iter()
+                    .find(|(c, _)| &c.region == region)
+                    .map(|(c, _)| format!("{} ({})", c.domain, c.uuid)),
             };
             let path = self.claim_path(region);
             if let Err(e) = write_atomically(&path, &claim) {
@@ -198,6 +196,17 @@ impl ClaimStore {
             }
             written.push(path);
             outcome.claimed.push(region.clone());
+        }
+        for (existing, why) in stale {
+            tracing::warn!(
+                region = %existing.region,
+                stale_domain = %existing.domain,
+                stale_uuid = %existing.uuid,
+                why = %why,
+                domain = %domain,
+                "took over stale HBM claim"
+            );
+            outcome.taken_over.push(existing);
         }
         Ok(outcome)
     }
@@ -446,6 +455,8 @@ mod tests {
         assert_eq!(out.taken_over[0].uuid, "uuid-a");
         let holders: Vec<String> = s.list().unwrap().into_iter().map(|c| c.domain).collect();
         assert_eq!(holders, ["vm-b", "vm-b"]);
+        let took: Vec<Option<String>> = s.list().unwrap().into_iter().map(|c| c.took_over_from).collect();
+        assert_eq!(took, [Some("vm-a (uuid-a)".to_string()), None]);
     }
 
     #[test]
@@ -461,6 +472,7 @@ mod tests {
             domain: "vm-a".into(),
             uuid: me.clone(),
             claimed_at_unix: 0,
+            took_over_from: None,
         };
         fs::write(t.path().join("libvirt/vm-a.pid"), format!("{}\n", std::process::id())).unwrap();
         assert_eq!(s.holder_state(&claim, NOW), HolderState::Running);

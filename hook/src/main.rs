@@ -3,6 +3,8 @@
 //! Exit codes of `discover`: 0 inventory printed, 2 unusable sysfs root or bad config.
 //! Exit codes of `rewrite`: 0 ok (also "nothing to do"), 1 I/O or internal, 2 bad input,
 //! 3 cannot satisfy.
+//! Exit codes of `libvirt`, `kubevirt-sidecar`, `onDefineDomain`, `preCloudInitIso`: see
+//! docs/frontends.md.
 
 use std::process::ExitCode;
 
@@ -31,6 +33,18 @@ enum Command {
     /// Run as the QEMU argv adapter (what `<emulator>` names via an `hbm-qemu` symlink): apply the
     /// domain's HBM_QEMU_INSTRUCTIONS to QEMU's arguments and exec the real QEMU.
     Qemu(hbm_hook::adapter_command::QemuArgs),
+    /// Serve the KubeVirt hook sidecar (Info + OnDefineDomain, v1alpha1..3) on a unix socket in
+    /// virt-launcher's hook directory.
+    KubevirtSidecar(hbm_hook::kubevirt_command::SidecarArgs),
+    /// KubeVirt sidecar-shim convention: print the domain XML rewritten for the VMI.
+    #[command(name = "onDefineDomain")]
+    OnDefineDomain(hbm_hook::kubevirt_command::ShimDefineArgs),
+    /// KubeVirt sidecar-shim convention: print the cloud-init data back unchanged.
+    #[command(name = "preCloudInitIso")]
+    PreCloudInitIso(hbm_hook::kubevirt_command::ShimCloudInitArgs),
+    /// Run as the libvirt qemu hook (what /etc/libvirt/hooks/qemu.d/hbm-passthrough runs):
+    /// check and claim HBM at prepare, release at release, rewrite at migrate/restore.
+    Libvirt(hbm_hook::libvirt_hook::LibvirtArgs),
 }
 
 fn init_tracing() {
@@ -50,11 +64,25 @@ fn main() -> ExitCode {
     {
         return hbm_hook::adapter_command::main_as_emulator(args.collect());
     }
-    let cli = Cli::parse();
+    // Invoked as the libvirt qemu.d hook (`hbm-passthrough`): libvirt's four arguments, no flags.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.first().is_some_and(|a| hbm_hook::libvirt_hook::invoked_as_hook(a)) {
+        init_tracing();
+        return ExitCode::from(hbm_hook::libvirt_hook::main_from_argv(&argv));
+    }
+    // Invoked as `onDefineDomain` / `preCloudInitIso` (KubeVirt's sidecar shim runs these names).
+    let cli = match hbm_hook::kubevirt_command::shim_argv(&argv) {
+        Some(shim) => Cli::parse_from(shim),
+        None => Cli::parse(),
+    };
     init_tracing();
     match cli.command {
         Command::Discover(args) => topology::cli::run_discover(&args),
         Command::Qemu(args) => hbm_hook::adapter_command::run(args),
         Command::Rewrite(args) => ExitCode::from(rewrite_command::main(&args)),
+        Command::KubevirtSidecar(args) => hbm_hook::kubevirt_command::run_sidecar(&args),
+        Command::OnDefineDomain(args) => hbm_hook::kubevirt_command::run_shim_define(&args),
+        Command::PreCloudInitIso(args) => hbm_hook::kubevirt_command::run_shim_cloud_init(&args),
+        Command::Libvirt(args) => ExitCode::from(hbm_hook::libvirt_hook::main(&args.call, args.config.as_deref())),
     }
 }
