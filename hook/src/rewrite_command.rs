@@ -159,7 +159,11 @@ pub fn run(args: &RewriteArgs) -> Result<Rewritten, RewriteCommandError> {
     let inventory = match &args.topology {
         Some(path) => load_topology(path)?,
         None => {
-            let root = args.sysfs_root.clone().unwrap_or_else(|| PathBuf::from("/"));
+            let root = args
+                .sysfs_root
+                .clone()
+                .or_else(|| config.sysfs_root.clone())
+                .unwrap_or_else(|| PathBuf::from("/"));
             topology::discover(&root, &config.discovery).map_err(|e| RewriteCommandError::Discover(e.to_string()))?
         }
     };
