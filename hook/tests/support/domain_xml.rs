@@ -191,6 +191,21 @@ impl PciAddr {
         })
     }
 
+    /// From the host form `0000:c1:00.0`.
+    pub fn parse_host(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a PCI address like 0000:c1:00.0");
+        let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
+        let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
+        let (slot, function) = rest.split_once('.').ok_or_else(bad)?;
+        let hex = |x: &str| u32::from_str_radix(x, 16).map_err(|_| bad());
+        Ok(Self {
+            domain: hex(domain)?,
+            bus: hex(bus)?,
+            slot: hex(slot)?,
+            function: hex(function)?,
+        })
+    }
+
     /// `0000:c1:00.0`
     pub fn host_form(&self) -> String {
         format!(

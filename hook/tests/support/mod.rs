@@ -7,6 +7,7 @@ pub mod domain_xml;
 pub mod guest;
 pub mod hbm_chain;
 pub mod inventory;
+pub mod kubevirt;
 pub mod libvirt;
 
 use std::path::PathBuf;
