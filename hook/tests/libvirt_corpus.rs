@@ -21,7 +21,7 @@ use support::corpus::{CorpusFile, domain_files};
 use support::domain_xml::{DomainFacts, facts, with_vfio_drivers, without_elements};
 use support::hbm_chain;
 use support::inventory::{HbmSpec, MIB, hbm_inventory};
-use support::libvirt::{domxml_to_native, require_libvirt, validate};
+use support::libvirt::{check_daemon, domxml_to_native, require_libvirt, validate};
 
 /// libvirt 9.0's libvirtd segfaults on `domxml-to-native` of this file ("Unexpected enum value
 /// ... for virDomainDeviceAddressType", `<interface type='hostdev'>`): never fed to libvirtd. It
@@ -243,6 +243,14 @@ fn corpus_q35_with_pci_hostdev_rewritten_libvirt_accepts() {
         }
         let failures_before = failures.len();
 
+        match rewrite(&out.xml, &inventory_for(&d), &options()) {
+            Ok(again) if again.xml == out.xml && !again.changed => {}
+            Ok(_) => failures.push(format!(
+                "{name}: rewriting the output again changes it (not idempotent)"
+            )),
+            Err(e) => failures.push(format!("{name}: rewriting the output again fails: {e}")),
+        }
+
         let valid_in = validate(&input);
         let valid_out = validate(&out.xml);
         if valid_in.valid && !valid_out.valid {
@@ -335,4 +343,25 @@ fn corpus_q35_with_pci_hostdev_rewritten_libvirt_accepts() {
     // 1 hostdev in each file but hostdev-pci-address-unassigned-q35 (3 assigned + 1 unassigned)
     // and acpi-generic-initiator (libvirt 9.0 refuses its watchdog model: chain checked in XML only).
     assert_eq!(chains, 9, "hostdev chains checked on the QEMU argv");
+}
+
+/// The harness fails loudly, naming the fix, when libvirtd does not answer (here: a socket that
+/// does not exist), instead of skipping.
+#[test]
+fn harness_names_the_fix_when_libvirtd_does_not_answer() {
+    require_libvirt();
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "qemu:///system?socket={}",
+        dir.path().join("absent-libvirt-sock").display()
+    );
+    let e = check_daemon(&uri).unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "libvirtd does not answer on {uri}: start it with `bash scripts/start-services`"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "one line: {e}");
+    check_daemon(support::libvirt::URI).unwrap();
 }

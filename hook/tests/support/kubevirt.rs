@@ -38,7 +38,8 @@ pub fn corpus_node() -> FixtureHost {
 /// Writes `host` into a fresh temp dir and returns it (the sysfs root).
 pub fn write_node(host: &FixtureHost) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-    host.write_to(dir.path()).unwrap_or_else(|e| panic!("write fixture host: {e}"));
+    host.write_to(dir.path())
+        .unwrap_or_else(|e| panic!("write fixture host: {e}"));
     dir
 }
 
@@ -83,7 +84,10 @@ impl SidecarProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start hbm-hook kubevirt-sidecar: {e}"));
-        Self { child, socket_dir: socket_dir.to_path_buf() }
+        Self {
+            child,
+            socket_dir: socket_dir.to_path_buf(),
+        }
     }
 
     /// Waits for the process to end (after Shutdown); returns (exit code, stderr).
@@ -135,7 +139,11 @@ pub fn find_socket(dir: &Path, sidecar: &mut SidecarProcess) -> PathBuf {
             }
             panic!("sidecar exited ({status}) before creating its socket: {err}");
         }
-        assert!(Instant::now() < deadline, "no socket appeared in {} within 60 s", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "no socket appeared in {} within 60 s",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -149,7 +157,9 @@ pub async fn connect(path: &Path) -> Channel {
             .unwrap_or_else(|e| panic!("endpoint: {e}"))
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
             }))
             .await;
         match result {

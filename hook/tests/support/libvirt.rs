@@ -39,17 +39,23 @@ pub fn require_libvirt() {
                 ));
             }
         }
-        let out = run(Command::new("virsh").args(["-c", URI, "version"]));
-        if !out.status.success() {
-            return Err(format!(
-                "libvirtd does not answer on {URI}: start it with `bash scripts/start-services` as root ({})",
-                text(&out).trim()
-            ));
-        }
-        Ok(())
+        check_daemon(URI)
     });
     if let Err(e) = r {
         panic!("{e}");
+    }
+}
+
+/// Whether libvirtd answers on `uri`; the error says how to start it.
+pub fn check_daemon(uri: &str) -> Result<(), String> {
+    let out = run(Command::new("virsh").args(["-c", uri, "version"]));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "libvirtd does not answer on {uri}: start it with `bash scripts/start-services` as root ({})",
+            text(&out).trim().replace('\n', " ")
+        ))
     }
 }
 
