@@ -43,9 +43,19 @@ fn emulated_spm_host_finds_the_dax_region_of_the_gpu() {
             reason: None,
         }]
     );
-    let nodes: Vec<(u32, &str, u64, bool, bool)> =
-        inv.nodes.iter().map(|n| (n.id, n.cpus.as_str(), n.mem_total_bytes, n.online, n.generic_initiator)).collect();
-    assert_eq!(nodes, vec![(0, "0", 469_364 * 1024, true, false), (1, "1", 515_320 * 1024, true, false), (2, "", 0, true, true)]);
+    let nodes: Vec<(u32, &str, u64, bool, bool)> = inv
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.cpus.as_str(), n.mem_total_bytes, n.online, n.generic_initiator))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            (0, "0", 469_364 * 1024, true, false),
+            (1, "1", 515_320 * 1024, true, false),
+            (2, "", 0, true, true)
+        ]
+    );
     assert_eq!(inv.nodes[2].distances, vec![20, 20, 10]);
 }
 
@@ -58,12 +68,18 @@ fn emulated_spm_host_without_dax_falls_back_to_srat_and_is_unhealthy() {
     let inv = run(&root);
     assert_eq!(ids(&inv), vec!["0000:d9:00.0/node2"]);
     let r = region(&inv, "0000:d9:00.0/node2");
-    assert_eq!((r.source, r.host_node, r.size_bytes, r.base), (Source::Srat, Some(2), 512 << 20, Some(0x2000_0000)));
+    assert_eq!(
+        (r.source, r.host_node, r.size_bytes, r.base),
+        (Source::Srat, Some(2), 512 << 20, Some(0x2000_0000))
+    );
     // memmap says System RAM (the guest kernel converted it), /proc/iomem says Soft Reserved.
     assert_eq!(r.memmap, Memmap::Spm);
     assert_eq!(r.health, Health::Unhealthy);
     let reason = r.reason.as_deref().unwrap();
-    assert!(reason.contains("node2/meminfo: MemTotal 0 and no dax device reaches node 2"), "{reason}");
+    assert!(
+        reason.contains("node2/meminfo: MemTotal 0 and no dax device reaches node 2"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -87,7 +103,10 @@ fn power9_v100_nodes_come_from_numa_status() {
         assert_eq!(r.host_node, Some(node));
         assert_eq!(r.size_bytes, 0x3_f000_0000);
         assert_eq!(r.base, Some(0x400_0000_0000));
-        assert_eq!((r.source, r.memmap, r.online, r.health), (Source::Nvidia, Memmap::Normal, true, Health::Healthy));
+        assert_eq!(
+            (r.source, r.memmap, r.online, r.health),
+            (Source::Nvidia, Memmap::Normal, true, Health::Healthy)
+        );
         assert_eq!(r.dax, None);
         // Node distances tie (80 to both sockets): the GPU's own socket (from local_cpus) wins.
         assert_eq!(r.cpu_node, Some(cpu), "{gpu}");
@@ -130,17 +149,25 @@ fn nvdimm_host_has_a_display_gpu_and_no_hbm() {
 #[test]
 fn emulated_host_srat_maps_pxm_the_way_the_kernel_did() {
     let bytes = std::fs::read(
-        unpack("emulated-spm-host-1gpu.tar.gz", "host").1.join("sys/firmware/acpi/tables/SRAT"),
+        unpack("emulated-spm-host-1gpu.tar.gz", "host")
+            .1
+            .join("sys/firmware/acpi/tables/SRAT"),
     )
     .unwrap();
     let s = topology::srat::parse(&bytes).unwrap();
     // dmesg of that guest: PXM 0 -> node 0, PXM 2 -> node 1 (CPU 1), PXM 1 -> node 2 (GI).
-    assert_eq!(s.pxm_to_node.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>(), vec![(0, 0), (1, 2), (2, 1)]);
+    assert_eq!(
+        s.pxm_to_node.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>(),
+        vec![(0, 0), (1, 2), (2, 1)]
+    );
     assert_eq!(s.processor_pxms, vec![0, 2]);
     assert_eq!(s.initiators.len(), 1);
     assert_eq!(s.initiators[0].pxm, 1);
     assert_eq!(s.initiators[0].resolve(&[pci("0000:d9:00.0")]), pci("0000:d9:00.0"));
     let hbm: Vec<_> = s.memory.iter().filter(|m| m.pxm == 1).collect();
     assert_eq!(hbm.len(), 1);
-    assert_eq!((hbm[0].base, hbm[0].length, hbm[0].enabled(), hbm[0].specific_purpose()), (0x2000_0000, 0x2000_0000, true, false));
+    assert_eq!(
+        (hbm[0].base, hbm[0].length, hbm[0].enabled(), hbm[0].specific_purpose()),
+        (0x2000_0000, 0x2000_0000, true, false)
+    );
 }

@@ -18,8 +18,18 @@ pub fn corpus_dir() -> PathBuf {
 pub fn unpack(tarball: &str, top: &str) -> (TempDir, PathBuf) {
     let dir = TempDir::new().unwrap();
     let src = corpus_dir().join(tarball);
-    assert!(src.exists(), "corpus file {} missing (shared/ must sit beside the repo)", src.display());
-    let out = Command::new("tar").arg("xf").arg(&src).arg("-C").arg(dir.path()).output().unwrap();
+    assert!(
+        src.exists(),
+        "corpus file {} missing (shared/ must sit beside the repo)",
+        src.display()
+    );
+    let out = Command::new("tar")
+        .arg("xf")
+        .arg(&src)
+        .arg("-C")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "tar xf {} failed (bzip2 and gzip must be installed: Debian packages bzip2, gzip): {}",
@@ -45,7 +55,10 @@ pub fn pci(s: &str) -> PciAddress {
 }
 
 pub fn region<'a>(inv: &'a Inventory, id: &str) -> &'a Region {
-    inv.regions.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no region {id} in {:#?}", inv.regions))
+    inv.regions
+        .iter()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| panic!("no region {id} in {:#?}", inv.regions))
 }
 
 pub fn ids(inv: &Inventory) -> Vec<&str> {
