@@ -48,6 +48,9 @@ pub struct QemuArgs {
     /// Config file [default: /etc/hbm-passthrough/hook.yaml when it exists].
     #[arg(long, env = CONFIG_ENV)]
     pub config: Option<PathBuf>,
+    /// How the adapter was invoked (argv[0]), for the log; `None` for the subcommand.
+    #[arg(skip)]
+    pub invoked_as: Option<PathBuf>,
     /// QEMU's arguments, as libvirt would pass them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
@@ -127,6 +130,7 @@ pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
         emulator: env(EMULATOR_ENV),
         probe_cache_dir: env(PROBE_CACHE_ENV),
         config: env(CONFIG_ENV),
+        invoked_as: std::env::args_os().next().map(PathBuf::from),
         args,
     })
 }
@@ -134,10 +138,13 @@ pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
 /// `hbm-hook qemu ...`. Returns only when QEMU was not exec'd.
 pub fn run(args: QemuArgs) -> ExitCode {
     init_stderr_log();
-    match settings(&args)
-        .map_err(AdapterCommandError::from)
-        .and_then(|s| exec_adapted(&s, &args.args))
-    {
+    match settings(&args).map_err(AdapterCommandError::from).and_then(|s| {
+        exec_adapted(
+            &s,
+            args.invoked_as.as_deref().unwrap_or(Path::new("hbm-hook")),
+            &args.args,
+        )
+    }) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!(code = e.exit_code(), "hbm-qemu: QEMU not started");
@@ -180,15 +187,19 @@ pub fn render_argv<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {
     out
 }
 
-fn exec_adapted(settings: &Settings, qemu_args: &[OsString]) -> Result<Infallible, AdapterCommandError> {
+fn exec_adapted(
+    settings: &Settings,
+    invoked_as: &Path,
+    qemu_args: &[OsString],
+) -> Result<Infallible, AdapterCommandError> {
     let emulator = &settings.emulator;
-    let seen = render_argv(emulator, qemu_args);
+    let seen = render_argv(invoked_as, qemu_args);
     tracing::info!(argv = %seen, "hbm-qemu: argv seen");
     let wire = std::env::var(qemu_instructions::ENV_VAR).unwrap_or_default();
     let instructions = qemu_instructions::parse(&wire)?;
     refuse_self(emulator)?;
     if instructions.is_empty() {
-        tracing::info!(argv = %seen, "hbm-qemu: no instructions, argv exec'd unchanged");
+        tracing::info!(argv = %render_argv(emulator, qemu_args), "hbm-qemu: no instructions, argv exec'd unchanged");
         return exec(emulator, qemu_args);
     }
     let argv: Vec<String> = qemu_args
@@ -203,10 +214,11 @@ fn exec_adapted(settings: &Settings, qemu_args: &[OsString]) -> Result<Infallibl
     check_dax_devices(&instructions)?;
     let facts = probe::capabilities(emulator, &settings.probe_cache_dir, probe::PROBE_TIMEOUT)?;
     let out = adapter::transform(&argv, &instructions, &facts)?;
+    // argv last: it runs to the end of the line.
     tracing::info!(
-        argv = %render_argv(emulator, &out),
         instructions = %wire,
         dialects = %facts.dialects(),
+        argv = %render_argv(emulator, &out),
         "hbm-qemu: argv exec'd"
     );
     exec(emulator, &out)
