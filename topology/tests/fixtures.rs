@@ -60,21 +60,23 @@ fn seed_amd_gpu_owns_its_spm_dax_region() {
     );
 }
 
+type RegionRow<'a> = (
+    &'a str,
+    Option<u32>,
+    u64,
+    Source,
+    Memmap,
+    Option<&'a str>,
+    Option<u32>,
+    Health,
+);
+
 #[test]
 fn bundled_sample_host_has_two_gpus_with_one_region_each() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hosts/seed-amd");
     let inv = run(&root);
     assert_eq!(inv.warnings, Vec::<String>::new());
-    let got: Vec<(
-        &str,
-        Option<u32>,
-        u64,
-        Source,
-        Memmap,
-        Option<&str>,
-        Option<u32>,
-        Health,
-    )> = inv
+    let got: Vec<RegionRow> = inv
         .regions
         .iter()
         .map(|r| {
