@@ -69,7 +69,7 @@ pub struct ResourceRule {
 }
 
 /// The YAML config file (camelCase keys). Every key is optional; unknown keys are an error.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileConfig {
     pub device_plugin_dir: Option<PathBuf>,
@@ -84,16 +84,16 @@ pub struct FileConfig {
     pub label_domain: Option<String>,
     #[serde(default)]
     pub resources: Vec<RuleConfig>,
-    /// Discovery overrides, handed to the topology scan as they are.
+    /// Discovery overrides (explicit GPU -> node/dax mappings), handed to the topology scan.
     #[serde(default)]
-    pub discovery: Option<serde_yaml_ng::Value>,
+    pub discovery: topology::DiscoveryConfig,
     /// The hook's setting; shares this file, unused by the plugin.
     #[serde(default)]
     pub default_dialect: Option<String>,
 }
 
 /// A parsed and validated config file.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadedConfig {
     pub file: FileConfig,
     pub rules: Vec<ResourceRule>,
@@ -168,7 +168,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub label_domain: String,
     pub rules: Vec<ResourceRule>,
-    pub discovery: Option<serde_yaml_ng::Value>,
+    pub discovery: topology::DiscoveryConfig,
 }
 
 /// Reads and validates a config file.
@@ -191,6 +191,12 @@ pub fn parse_file(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> 
         })?
     };
     let rules = validate_rules(path, &file.resources)?;
+    file.discovery
+        .validate(&path.display().to_string())
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if let Some(domain) = &file.label_domain {
         validate_dns_subdomain(domain).map_err(|why| ConfigError::LabelDomain {
             domain: domain.clone(),

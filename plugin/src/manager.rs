@@ -29,8 +29,8 @@ use crate::server::{ResourceService, Snapshot, SocketServer};
 
 /// Where the manager gets the host inventory from.
 pub trait InventorySource: Send + Sync {
-    /// Scans the host. `discovery` is the config file's `discovery` section, if any.
-    fn discover(&self, discovery: Option<&serde_yaml_ng::Value>) -> Result<Inventory, String>;
+    /// Scans the host with the config file's `discovery` section.
+    fn discover(&self, discovery: &topology::DiscoveryConfig) -> Result<Inventory, String>;
 }
 
 /// Why the manager could not start.
@@ -65,7 +65,7 @@ pub struct Manager {
     mode: RegistrationMode,
     rules: Vec<ResourceRule>,
     label_domain: String,
-    discovery: Option<serde_yaml_ng::Value>,
+    discovery: topology::DiscoveryConfig,
     config_text: Option<String>,
     source: Arc<dyn InventorySource>,
     metrics: Arc<Metrics>,
@@ -74,13 +74,18 @@ pub struct Manager {
     labeler: Option<NodeLabeler>,
     problems: Vec<ResourceProblem>,
     inventory: Option<Inventory>,
-    kubelet_inode: Option<u64>,
+    /// Identity of the `kubelet.sock` last seen; a different one means the kubelet restarted.
+    kubelet_seen: Option<(u64, u64, i64, i64)>,
     stop: CancellationToken,
 }
 
-fn inode(path: &Path) -> Option<u64> {
+/// Identity of a file: (device, inode, ctime). A recreated socket can reuse the inode number,
+/// never also the ctime.
+fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 impl Manager {
@@ -117,7 +122,7 @@ impl Manager {
             labeler,
             problems: Vec::new(),
             inventory: None,
-            kubelet_inode: None,
+            kubelet_seen: None,
             stop,
         }
     }
@@ -180,15 +185,15 @@ impl Manager {
 
     /// Runs until `stop` is cancelled, then stops every server and removes its socket.
     pub async fn run(mut self) -> Result<(), ManagerError> {
-        for dir in [self.socket_dir().to_path_buf()] {
-            std::fs::create_dir_all(&dir).map_err(|source| ManagerError::CreateDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        let dir = self.socket_dir().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| ManagerError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
         info!(mode = ?self.mode, socket_dir = %self.socket_dir().display(), "hbm-device-plugin starting");
         let (inotify, kinds) = self.setup_inotify()?;
         let mut events = inotify.into_event_stream([0u8; 4096]).map_err(ManagerError::Inotify)?;
+        self.kubelet_seen = identity(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
         self.refresh().await;
         let mut next_poll = Instant::now() + self.settings.poll_interval;
         let mut inotify_alive = true;
@@ -252,11 +257,10 @@ impl Manager {
         match kind {
             Some(WatchKind::DevicePluginDir) => {
                 let created = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
-                if name == KUBELET_SOCKET && created && self.mode == RegistrationMode::KubeletSocket {
-                    self.kubelet_restarted("kubelet.sock created");
-                } else if self.mode == RegistrationMode::KubeletSocket {
-                    self.poll_sockets();
+                if name == KUBELET_SOCKET && created {
+                    self.check_kubelet("kubelet.sock created");
                 }
+                self.poll_sockets();
                 false
             }
             Some(WatchKind::RegistryDir) => {
@@ -272,10 +276,23 @@ impl Manager {
         }
     }
 
-    fn kubelet_restarted(&mut self, why: &str) {
-        self.metrics.kubelet_restarts.inc();
-        info!(why, "kubelet restart noticed; registering again");
-        self.metrics.set_ready(false);
+    /// Notices a new `kubelet.sock` (first sight or a restart) and schedules registration now.
+    fn check_kubelet(&mut self, why: &str) {
+        if self.mode != RegistrationMode::KubeletSocket {
+            return;
+        }
+        let current = identity(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
+        if current.is_none() || current == self.kubelet_seen {
+            return;
+        }
+        if self.kubelet_seen.is_some() {
+            self.metrics.kubelet_restarts.inc();
+            info!(why, "kubelet restart noticed; registering again");
+            self.metrics.set_ready(false);
+        } else {
+            info!(why, "kubelet socket present; registering");
+        }
+        self.kubelet_seen = current;
         let now = Instant::now();
         for served in self.served.values_mut() {
             served.registered = false;
@@ -286,13 +303,7 @@ impl Manager {
 
     /// The fallback for missed events: own sockets gone, or kubelet.sock replaced.
     fn poll_sockets(&mut self) {
-        if self.mode == RegistrationMode::KubeletSocket {
-            let current = inode(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
-            if current.is_some() && self.kubelet_inode.is_some() && current != self.kubelet_inode {
-                self.kubelet_inode = None;
-                self.kubelet_restarted("kubelet.sock replaced");
-            }
-        }
+        self.check_kubelet("kubelet.sock replaced (poll)");
         let now = Instant::now();
         for (name, served) in &mut self.served {
             if served.server.as_ref().is_some_and(|s| !s.socket_intact()) {
@@ -348,7 +359,7 @@ impl Manager {
 
     /// Re-discovers, re-derives, re-measures; starts/stops servers and publishes changes.
     pub async fn refresh(&mut self) {
-        let inventory = match self.source.discover(self.discovery.as_ref()) {
+        let inventory = match self.source.discover(&self.discovery) {
             Ok(inventory) => inventory,
             Err(error) => {
                 error!(%error, "discovery failed; keeping the previous inventory");
@@ -481,6 +492,14 @@ impl Manager {
                 let status = rx.borrow_and_update().clone();
                 served.registered = matches!(status, Some(Ok(())));
             }
+            if served.server.as_ref().is_some_and(|s| !s.socket_intact()) {
+                // Our socket was deleted (kubelet restart): never register an endpoint that is gone.
+                info!(resource = %name, "own socket removed; serving again");
+                served.registered = false;
+                if let Some(server) = served.server.take() {
+                    tokio::spawn(server.stop());
+                }
+            }
             if served.server.is_none() {
                 let socket_name = resources::socket_name(name);
                 let socket = socket_dir.join(&socket_name);
@@ -512,14 +531,19 @@ impl Manager {
                 continue;
             }
             let endpoint = resources::socket_name(name);
-            let kubelet_inode = inode(&device_plugin_dir.join(KUBELET_SOCKET));
             match registration::register_with_kubelet(&device_plugin_dir, &endpoint, name).await {
+                Ok(()) if served.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
+                    // The kubelet restarted while we registered and deleted our socket: the
+                    // kubelet cannot dial it, so serve and register once more right away.
+                    self.metrics.registration(name, true);
+                    info!(resource = %name, "socket removed during registration; registering again");
+                    served.next_attempt = Instant::now();
+                }
                 Ok(()) => {
                     self.metrics.registration(name, true);
                     info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
                     served.registered = true;
                     served.backoff = Backoff { failures: 0 };
-                    self.kubelet_inode = kubelet_inode;
                 }
                 Err(error) => {
                     self.metrics.registration(name, false);
