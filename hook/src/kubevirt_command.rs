@@ -122,6 +122,11 @@ pub fn run_sidecar(args: &SidecarArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(PREFIX, &e.to_string(), 2),
     };
+    // Discovery runs per call (the node changes); a first scan now shows a broken mount early.
+    match inventory() {
+        Ok(inv) => tracing::info!(gpus = inv.gpus.len(), regions = inv.regions.len(), "node inventory"),
+        Err(e) => tracing::warn!(error = %e, "host discovery fails; VMIs with policy required will be refused"),
+    }
     let settings = SidecarSettings {
         name: args.name.clone(),
         priority: args.priority,
