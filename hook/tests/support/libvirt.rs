@@ -343,7 +343,8 @@ pub fn unique_name(label: &str) -> String {
     format!("hbm-test-{label}-{}-{n}", std::process::id())
 }
 
-fn virsh(args: &[&str]) -> Output {
+/// `virsh -c qemu:///system ARGS...` (for what the helpers here do not wrap: save, restore, migrate).
+pub fn virsh(args: &[&str]) -> Output {
     run(Command::new("virsh").args(["-c", URI]).args(args))
 }
 
@@ -406,6 +407,21 @@ impl Domain {
                 ));
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `virsh dumpxml` (the live definition while running, else the persistent one; `inactive`
+    /// forces the persistent one).
+    pub fn dumpxml(&self, inactive: bool) -> Result<String, String> {
+        let mut args = vec!["dumpxml", self.name.as_str()];
+        if inactive {
+            args.push("--inactive");
+        }
+        let out = virsh(&args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("virsh dumpxml '{}' failed: {}", self.name, text(&out).trim()))
         }
     }
 
