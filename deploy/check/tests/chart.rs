@@ -299,7 +299,7 @@ fn host_mounts(ds: &DaemonSet) -> BTreeMap<String, (String, bool, String)> {
             assert_eq!(m.read_only, Some(true));
         }
     }
-    assert_eq!(volumes.len(), 5, "four hostPaths and the config");
+    assert_eq!(volumes.len(), out.len() + 1, "hostPaths and the config, all mounted");
     out
 }
 
@@ -335,6 +335,7 @@ fn daemonset_mounts_kubelet_dirs_sys_dev_and_config() {
         host_mounts(&full_render().daemonset()),
         owned(&[
             ("/dev", "/node/dev", true, "Directory"),
+            ("/proc/driver/nvidia", "/node/proc/driver/nvidia", true, "Directory"),
             ("/sys", "/node/sys", true, "Directory"),
             (
                 "/var/lib/k0s/kubelet/device-plugins",
@@ -364,7 +365,7 @@ fn daemonset_args_env_probes_and_scheduling_follow_the_values() {
             "--device-plugin-dir=/var/lib/kubelet/device-plugins",
             "--plugins-registry-dir=/var/lib/kubelet/plugins_registry",
             "--registration=auto",
-            "--sysfs-root=/host/sys",
+            "--sysfs-root=/host",
             "--dev-root=/host/dev",
             "--config=/etc/hbm-passthrough/plugin.yaml",
             "--metrics-addr=0.0.0.0:9472",
@@ -409,7 +410,8 @@ fn daemonset_args_env_probes_and_scheduling_follow_the_values() {
         "--registration=plugin-watcher",
         "--metrics-addr=0.0.0.0:19472",
         "--health-poll-interval=2s",
-        "--sysfs-root=/node/sys",
+        "--sysfs-root=/node",
+        "--dev-root=/node/dev",
     ] {
         assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
     }
