@@ -39,7 +39,9 @@ pub fn require_libvirt() {
                 ));
             }
         }
-        check_daemon(URI)
+        check_daemon(URI)?;
+        sweep_stale_domains();
+        Ok(())
     });
     if let Err(e) = r {
         panic!("{e}");
@@ -346,6 +348,26 @@ pub fn unique_name(label: &str) -> String {
 /// `virsh -c qemu:///system ARGS...` (for what the helpers here do not wrap: save, restore, migrate).
 pub fn virsh(args: &[&str]) -> Output {
     run(Command::new("virsh").args(["-c", URI]).args(args))
+}
+
+/// Destroys and undefines `hbm-test-*` domains left behind by test processes that no longer run
+/// (a killed run cannot undefine its own); domains of live processes are left alone.
+pub fn sweep_stale_domains() {
+    let out = virsh(&["list", "--all", "--name"]);
+    for name in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
+        let Some(rest) = name.strip_prefix("hbm-test-") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.rsplitn(3, '-').collect();
+        let Some(pid) = parts.get(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = virsh(&["destroy", name]);
+        let _ = virsh(&["undefine", name]);
+    }
 }
 
 /// A persistent domain defined on [`URI`]; destroyed (if running) and undefined when dropped, so a
