@@ -4,6 +4,7 @@ pub mod adapter;
 pub mod adapter_command;
 pub mod claims;
 pub mod config;
+pub mod doctor;
 pub mod kubevirt;
 pub mod kubevirt_command;
 pub mod kubevirt_policy;

@@ -33,6 +33,9 @@ enum Command {
     /// Run as the QEMU argv adapter (what `<emulator>` names via an `hbm-qemu` symlink): apply the
     /// domain's HBM_QEMU_INSTRUCTIONS to QEMU's arguments and exec the real QEMU.
     Qemu(hbm_hook::adapter_command::QemuArgs),
+    /// Is this host ready? One line per check (IOMMU, GPUs, HBM regions, dax, QEMU, libvirt, hook,
+    /// adapter) with pass/warn/fail and what to do; exit 1 when something required is missing.
+    Doctor(hbm_hook::doctor::DoctorArgs),
     /// Serve the KubeVirt hook sidecar (Info + OnDefineDomain, v1alpha1..3) on a unix socket in
     /// virt-launcher's hook directory.
     KubevirtSidecar(hbm_hook::kubevirt_command::SidecarArgs),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Discover(args) => topology::cli::run_discover(&args),
         Command::Qemu(args) => hbm_hook::adapter_command::run(args),
+        Command::Doctor(args) => hbm_hook::doctor::run(&args),
         Command::Rewrite(args) => ExitCode::from(rewrite_command::main(&args)),
         Command::KubevirtSidecar(args) => hbm_hook::kubevirt_command::run_sidecar(&args),
         Command::OnDefineDomain(args) => hbm_hook::kubevirt_command::run_shim_define(&args),
