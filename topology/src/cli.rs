@@ -25,33 +25,30 @@ pub struct DiscoverArgs {
 /// Exit code for an unusable root or a bad config.
 pub const EXIT_USAGE: u8 = 2;
 
-/// Runs `discover`: prints the table (or JSON) on stdout, warnings are part of the output.
-pub fn run_discover(args: &DiscoverArgs) -> ExitCode {
+/// What `discover` prints on stdout, or the exit code and the one-line error for stderr.
+pub fn discover_output(args: &DiscoverArgs) -> Result<String, (u8, String)> {
+    let one_line = |s: String| s.replace('\n', " ");
     let config = match &args.config {
-        Some(p) => match DiscoveryConfig::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("discover: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
+        Some(p) => DiscoveryConfig::load(p).map_err(|e| (EXIT_USAGE, one_line(format!("discover: {e}"))))?,
         None => DiscoveryConfig::default(),
     };
-    match discover(&args.sysfs_root, &config) {
-        Ok(inv) => {
-            for w in &inv.warnings {
-                tracing::debug!(root = %args.sysfs_root.display(), warning = %w, "discovery");
-            }
-            if args.json {
-                print!("{}", inv.to_json());
-            } else {
-                print!("{}", render_table(&inv));
-            }
+    let inv = discover(&args.sysfs_root, &config).map_err(|e| (EXIT_USAGE, one_line(format!("discover: {e}"))))?;
+    for w in &inv.warnings {
+        tracing::debug!(root = %args.sysfs_root.display(), warning = %w, "discovery warning");
+    }
+    Ok(if args.json { inv.to_json() } else { render_table(&inv) })
+}
+
+/// Runs `discover`: the table (or JSON) on stdout and exit 0, or one line on stderr and exit 2.
+pub fn run_discover(args: &DiscoverArgs) -> ExitCode {
+    match discover_output(args) {
+        Ok(out) => {
+            print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("discover: {e}");
-            ExitCode::from(EXIT_USAGE)
+        Err((code, line)) => {
+            eprintln!("{line}");
+            ExitCode::from(code)
         }
     }
 }
