@@ -116,6 +116,9 @@ fn amount(doc: &Document<'_>, idx: usize, value: Option<String>) -> Result<u64, 
         .ok_or_else(|| invalid(doc, idx, "memory amount too large"))
 }
 
+/// A selected hostdev: element, host address, dialect, (region, cell size) pairs.
+type Selected<'i> = (usize, PciAddress, Dialect, Vec<(&'i Region, u64)>);
+
 struct NewCell<'i> {
     id: u32,
     size: u64,
@@ -284,7 +287,7 @@ impl<'d, 'a> Writer<'d, 'a> {
 }
 
 fn gib(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
@@ -315,7 +318,7 @@ pub(crate) fn apply(
     }
 
     // 1. Which hostdevs get which regions.
-    let mut selected: Vec<(usize, PciAddress, Dialect, Vec<(&Region, u64)>)> = Vec::new();
+    let mut selected: Vec<Selected<'_>> = Vec::new();
     for &h in &hostdevs {
         let Some(addr) = hostdev_source(doc, h) else {
             if doc.child(h, "source").and_then(|s| doc.child(s, "address")).is_some() {
@@ -340,7 +343,7 @@ pub(crate) fn apply(
             .filter(|r| (r.online && r.host_node.is_some()) || r.dax.is_some())
             .filter(|r| {
                 gp.and_then(|g| g.regions.as_ref())
-                    .is_none_or(|ids| ids.iter().any(|i| *i == r.id))
+                    .is_none_or(|ids| ids.contains(&r.id))
             })
             .map(|r| {
                 let size = cap.map_or(r.size_bytes, |c| c.min(r.size_bytes));
@@ -677,11 +680,15 @@ pub(crate) fn apply(
         let unit = doc.attr(el, "unit").map(|u| u.into_owned());
         let factor = unit_factor(unit.as_deref().unwrap_or("")).unwrap_or(1024);
         let (s, e) = doc.inner(el);
-        if total % factor == 0 {
+        if total.is_multiple_of(factor) {
             let text = (total / factor).to_string();
             w.modify(el, path, s, e, text);
         } else {
-            let (unit_name, f) = if total % 1024 == 0 { ("KiB", 1024) } else { ("b", 1) };
+            let (unit_name, f) = if total.is_multiple_of(1024) {
+                ("KiB", 1024)
+            } else {
+                ("b", 1)
+            };
             let text = (total / f).to_string();
             w.modify(el, path, s, e, text);
             match doc.attrs(el).into_iter().find(|a| a.name == "unit") {
@@ -715,7 +722,7 @@ pub(crate) fn apply(
         } else {
             format!("0-{}", vcpus - 1)
         };
-        let (mem, unit) = if size % 1024 == 0 {
+        let (mem, unit) = if size.is_multiple_of(1024) {
             (size / 1024, "KiB")
         } else {
             (size, "b")

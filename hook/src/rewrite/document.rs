@@ -311,7 +311,7 @@ impl<'a> Document<'a> {
     /// Start offset of the whitespace run directly before `idx` (its indentation and newline).
     pub fn leading_ws_start(&self, idx: usize) -> usize {
         let start = self.elements[idx].start;
-        let before = self.src[..start].as_bytes();
+        let before = &self.src.as_bytes()[..start];
         let mut i = start;
         while i > 0 && before[i - 1].is_ascii_whitespace() {
             i -= 1;

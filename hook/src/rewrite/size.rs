@@ -42,7 +42,7 @@ pub fn unit_factor(unit: &str) -> Option<u64> {
 /// `memparse` reads it.
 pub fn kernel_size(bytes: u64) -> String {
     for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
