@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// libvirt's run directory for QEMU domains (pid files, status XML).
 pub const LIBVIRT_QEMU_RUN_DIR: &str = "/run/libvirt/qemu";
 /// How long a claim whose holder has no QEMU yet still counts as live.
-pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(120);
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(30);
 /// File name suffix of a claim file.
 const CLAIM_SUFFIX: &str = ".claim";
 /// Lock file inside the claims directory.

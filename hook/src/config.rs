@@ -15,6 +15,7 @@
 //!   probe_cache_dir: /var/cache/hbm-passthrough
 //! claims:
 //!   dir: /run/hbm-passthrough/claims
+//!   startup_grace_secs: 30
 //! sysfs_root: /         # what the libvirt hook and the sidecar scan
 //! ```
 
@@ -102,12 +103,16 @@ impl Default for QemuSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimsSection {
     pub dir: PathBuf,
+    /// Seconds a claim whose holder has no QEMU yet still counts as live (the holder is between
+    /// libvirt's `prepare` hook and the QEMU launch).
+    pub startup_grace_secs: u64,
 }
 
 impl Default for ClaimsSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/run/hbm-passthrough/claims"),
+            startup_grace_secs: crate::claims::DEFAULT_STARTUP_GRACE.as_secs(),
         }
     }
 }

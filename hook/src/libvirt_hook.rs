@@ -280,7 +280,8 @@ fn prepare(
     let inventory = discover(domain, &config)?;
     check_regions(domain, &meta.claimed, &inventory)?;
     let ids: Vec<String> = meta.claimed.iter().map(|r| r.id.clone()).collect();
-    let store = ClaimStore::new(&config.claims.dir);
+    let store = ClaimStore::new(&config.claims.dir)
+        .with_startup_grace(std::time::Duration::from_secs(config.claims.startup_grace_secs));
     let outcome = store
         .claim_all(domain, &uuid, &ids, now_unix())
         .map_err(|source| HookError::Claim {
