@@ -79,17 +79,14 @@ const REWRITTEN: &[(&str, usize, u32, u32)] = &[
 fn every_corpus_file_is_rewritten_refused_or_left_byte_identical() {
     let files = corpus_files();
     assert!(files.len() >= 100, "corpus incomplete: {} files", files.len());
-    let mut unchanged = 0;
-    let mut rewritten = Vec::new();
-    let mut refused = Vec::new();
     for dialect in [Dialect::None, Dialect::SpMem] {
         let opts = RewriteOptions {
             dialect,
             ..RewriteOptions::default()
         };
-        unchanged = 0;
-        rewritten.clear();
-        refused.clear();
+        let mut unchanged = 0;
+        let mut rewritten = Vec::new();
+        let mut refused = Vec::new();
         for f in &files {
             let xml = std::fs::read_to_string(f).unwrap();
             let inv = inventory_for(&xml);
