@@ -343,7 +343,7 @@ async fn sigterm_stops_servers_and_removes_sockets() {
     watch.next().await;
     assert_eq!(host.sockets(&host.device_plugins), [ENDPOINT, "kubelet.sock"]);
 
-    plugin.signal("TERM");
+    plugin.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(plugin.wait().await, Some(0));
     assert_eq!(host.sockets(&host.device_plugins), ["kubelet.sock"]);
     // The kubelet's stream ended with the server.

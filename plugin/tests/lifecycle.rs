@@ -204,7 +204,7 @@ async fn plugin_watcher_mode_serves_getinfo_and_the_device_plugin_on_one_socket(
         .into_inner();
     assert_eq!(info.name, "amd.com/gpu-74a1-hbm");
 
-    plugin.signal("TERM");
+    plugin.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(plugin.wait().await, Some(0));
     assert!(!socket.exists());
 }

@@ -2,10 +2,17 @@
 //! when nothing changed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use kube::client::Body;
+use plugin::config::{self, RunArgs};
+use plugin::manager::{InventorySource, Manager};
+use plugin::metrics::Metrics;
 use plugin::node_labels::{NodeLabeler, desired};
 use plugin::resources::{DeviceInfo, RegionInfo, Resource};
 use serde_json::{Value, json};
@@ -174,4 +181,99 @@ async fn no_hbm_means_present_false_and_a_failed_apply_is_retried() {
     assert!(labeler.sync(body.clone()).await.unwrap());
     let (_, (_, _, sent)) = server.await.unwrap();
     assert_eq!(sent, body);
+}
+
+struct Discovery {
+    root: std::path::PathBuf,
+}
+
+impl InventorySource for Discovery {
+    fn discover(&self, config: &topology::DiscoveryConfig) -> Result<Inventory, String> {
+        topology::discover(&self.root, config).map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_applies_once_and_again_only_when_discovery_changes() {
+    let host = common::TestHost::new(&topology::fixture::seed_amd_2gpu());
+    let mut kubelet = common::FakeKubelet::start(&host.device_plugins);
+    let args = RunArgs {
+        device_plugin_dir: Some(host.device_plugins.clone()),
+        plugins_registry_dir: Some(host.registry.clone()),
+        sysfs_root: Some(host.root.clone()),
+        dev_root: Some(host.dev.clone()),
+        health_poll_interval: Some("20ms".into()),
+        node_name: Some("node-a".into()),
+        ..RunArgs::default()
+    };
+    let settings = config::resolve(&args, config::LoadedConfig::default()).unwrap();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let labeler = NodeLabeler::new(kube::Client::new(service, "default"), "node-a");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let manager = Manager::new(
+        settings,
+        Arc::new(Discovery {
+            root: host.root.clone(),
+        }),
+        Arc::new(Metrics::new(Duration::from_secs(60))),
+        Some(labeler),
+        stop.clone(),
+    );
+    let running = tokio::spawn(manager.run());
+
+    let (method, uri, first) = common::guarded("the first apply", answer(&mut handle)).await;
+    assert_eq!(
+        (method.as_str(), uri.as_str()),
+        (
+            "PATCH",
+            "/api/v1/nodes/node-a?&force=true&fieldManager=hbm-device-plugin"
+        )
+    );
+    let inventory = topology::discover(&host.root, &topology::DiscoveryConfig::default()).unwrap();
+    assert_eq!(
+        first["metadata"]["labels"],
+        json!({
+            "hbm-passthrough.dev/hbm.present": "true",
+            "hbm-passthrough.dev/amd.com_gpu-74a1-hbm.regions": "2",
+            "hbm-passthrough.dev/amd.com_gpu-74a1-hbm.hbm-gib": "128",
+        })
+    );
+    assert_eq!(
+        first["metadata"]["annotations"]["hbm-passthrough.dev/discovery"],
+        serde_json::to_string(&inventory).unwrap()
+    );
+    kubelet.next_registration().await;
+    // Many polls pass with nothing changed (a resend would be the next request seen below).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(next) = futures_util::FutureExt::now_or_never(handle.next_request()) {
+        let (req, _) = next.unwrap();
+        let uri = req.uri().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        panic!("unexpected {uri} {}", String::from_utf8_lossy(&bytes));
+    }
+
+    // The host changes: one GPU's PCI function is hot-unplugged.
+    topology::fixture::remove_pci_function(&host.root, PciAddress::parse("0000:c1:00.0").unwrap()).unwrap();
+    let (_, _, second) = common::guarded("the second apply", answer(&mut handle)).await;
+    assert_eq!(
+        second["metadata"]["labels"]["hbm-passthrough.dev/amd.com_gpu-74a1-hbm.regions"],
+        "1"
+    );
+    assert_eq!(
+        second["metadata"]["labels"]["hbm-passthrough.dev/amd.com_gpu-74a1-hbm.hbm-gib"],
+        "64"
+    );
+    let inventory = topology::discover(&host.root, &topology::DiscoveryConfig::default()).unwrap();
+    assert_eq!(
+        second["metadata"]["annotations"]["hbm-passthrough.dev/discovery"],
+        serde_json::to_string(&inventory).unwrap()
+    );
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    // Nothing more was sent (the client is gone with the manager, so the channel reads as closed).
+    assert!(!matches!(
+        futures_util::FutureExt::now_or_never(handle.next_request()),
+        Some(Some(_))
+    ));
 }
