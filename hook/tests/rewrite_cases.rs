@@ -36,7 +36,8 @@ fn inventory(regions: Vec<Region>) -> Inventory {
     inv
 }
 
-/// The bundled sample host: 0000:41:00.0 -> node 2 (dax0.0), 0000:c1:00.0 -> node 3 (dax1.0).
+/// Like the bundled sample host (0000:41:00.0 -> node 2, 0000:c1:00.0 -> node 3) but with the
+/// HBM online in its node (the sample host holds it offline behind dax0.0 / dax1.0).
 fn seed_amd() -> Inventory {
     let mut a = region("0000:41:00.0", 2, 64 * GIB);
     a.dax = Some("/dev/dax0.0".into());
@@ -88,19 +89,30 @@ fn hostdev(bus: u8) -> String {
     )
 }
 
+/// The bundled sample host, scanned by discovery.
+fn sample_host() -> Inventory {
+    topology::discover(
+        std::path::Path::new("../examples/hosts/seed-amd"),
+        &topology::DiscoveryConfig::default(),
+    )
+    .unwrap()
+}
+
 #[test]
-fn sample_domain_matches_the_golden_output() {
-    let out = rw(SAMPLE, &seed_amd(), &RewriteOptions::default());
+fn sample_domain_on_the_sample_host_matches_the_golden_output() {
+    let out = rw(SAMPLE, &sample_host(), &RewriteOptions::default());
     assert!(out.changed);
     assert_eq!(out.xml, SAMPLE_GOLDEN);
     assert_eq!(
         out.summary,
         vec![
             "cell 0: 8 GiB with all vCPUs (the existing memory)",
-            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/node3 (host node 3), kernel-cmdline",
+            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/dax1.0 (dax /dev/dax1.0), kernel-cmdline",
             "pcie-expander-bus index 1 (busNr 254, node 1) + pcie-root-port index 2; hostdev 0000:c1:00.0 moved behind it",
             "hostdev 0000:c1:00.0 alias ua-hbm-0000-c1-00-0 added",
             "Generic Initiator hbm-gi1 for ua-hbm-0000-c1-00-0 on node 1",
+            "HBM_QEMU_INSTRUCTIONS=v1;dax:cell=1,size=68719476736,path=/dev/dax1.0,align=2097152 for the QEMU argv adapter",
+            "<emulator> set to the adapter /usr/local/bin/hbm-qemu",
             "guest kernel command line += memmap=64G%10G-1+0xefffffff",
         ]
     );
@@ -109,6 +121,20 @@ fn sample_domain_matches_the_golden_output() {
         out.xml
             .contains("  <!-- A GPU VM: q35, direct kernel boot, one passed-through GPU with on-package HBM. -->\n")
     );
+}
+
+#[test]
+fn online_hbm_is_bound_with_numatune() {
+    let out = rw(SAMPLE, &seed_amd(), &RewriteOptions::default());
+    assert!(
+        out.xml
+            .contains("  <numatune>\n    <memnode cellid='1' mode='strict' nodeset='3'/>\n  </numatune>\n")
+    );
+    assert!(
+        out.xml.contains("<emulator>/usr/bin/qemu-system-x86_64</emulator>"),
+        "no adapter needed"
+    );
+    assert!(!out.xml.contains("HBM_QEMU_INSTRUCTIONS"));
 }
 
 #[test]
