@@ -625,7 +625,7 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
         json!([{
             "image": "registry.example.invalid/gpu/hbm-hook-sidecar:0.1.0-rc1",
             "imagePullPolicy": "Always",
-            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--policy-default=auto"],
+            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--priority=10"],
         }])
     );
 }
@@ -675,4 +675,57 @@ fn kubevirt_example_vm_uses_the_rendered_annotation_and_a_configured_resource() 
     assert!(resource_names.contains(&&gpus[0]["deviceName"]), "{}", gpus[0]);
     // Direct kernel boot: the default kernel-cmdline dialect needs it.
     assert!(template["spec"]["domain"]["firmware"]["kernelBoot"].is_object());
+}
+
+/// NOTES.txt as `helm install --dry-run=client` prints it (no cluster needed).
+fn notes(values: Option<&str>) -> String {
+    let chart = chart_dir();
+    let chart = chart.to_string_lossy();
+    let mut args = vec![
+        "install",
+        "hbm",
+        chart.as_ref(),
+        "--dry-run=client",
+        "--namespace",
+        "gpu",
+    ];
+    if let Some(v) = values {
+        args.extend(["-f", v]);
+    }
+    let out = helm::run(&args).unwrap();
+    let start = out.find("\nNOTES:\n").expect("helm prints NOTES") + "\nNOTES:\n".len();
+    out[start..].to_string()
+}
+
+#[test]
+fn notes_say_how_to_list_resources_wire_kubevirt_and_annotate_a_vm() {
+    let text = notes(None);
+    let sidecars = wiring(&Rendered::new("hbm", "gpu", None), "hbm-hbm-passthrough")["hook-sidecars.json"].clone();
+    for line in [
+        "kubectl get nodes -l hbm-passthrough.dev/hbm.present=true -o custom-columns='NODE:.metadata.name,hbm-passthrough.dev/mi300x:.status.allocatable.hbm-passthrough\\.dev/mi300x,hbm-passthrough.dev/gh200:.status.allocatable.hbm-passthrough\\.dev/gh200'",
+        "kubectl -n gpu logs ds/hbm-hbm-passthrough",
+        "kubectl -n gpu get configmap hbm-hbm-passthrough-kubevirt -o jsonpath='{.data.kubevirt-cr\\.patch\\.json}' > hbm-kubevirt.patch.json",
+        "kubectl -n kubevirt patch kubevirt kubevirt --type=json --patch-file hbm-kubevirt.patch.json",
+        &format!("hooks.kubevirt.io/hookSidecars: '{sidecars}'"),
+        "hbm-passthrough.dev/policy: auto        # auto | required | off",
+        "spec.template.spec.domain.devices.gpus: [{name: gpu0, deviceName: hbm-passthrough.dev/mi300x}]",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "NOTES lack the line\n  {line}\nNOTES:\n{text}"
+        );
+    }
+    // Without wiring and rules: no KubeVirt steps, and a listing that needs no resource names.
+    let text = notes(Some(OFF));
+    assert!(
+        !text.contains("hookSidecars") && !text.contains("patch kubevirt"),
+        "{text}"
+    );
+    assert!(text.contains("{.status.allocatable}"), "{text}");
+    // A custom label domain is what the NOTES select on.
+    let text = notes(Some(FULL));
+    assert!(
+        text.contains("kubectl get nodes -l gpu.example.invalid/hbm.present=true"),
+        "{text}"
+    );
 }

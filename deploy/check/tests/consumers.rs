@@ -155,3 +155,43 @@ fn libvirt_default_config_is_hbm_hooks_built_in_defaults() {
         "the adapter link install.sh creates"
     );
 }
+
+#[derive(Parser, Debug)]
+struct SidecarCli {
+    #[command(flatten)]
+    sidecar: hbm_hook::kubevirt_command::SidecarArgs,
+}
+
+/// The `hooks.kubevirt.io/hookSidecars` value the chart renders, parsed by hbm-hook's own flags.
+fn sidecar_args(values: Option<&str>) -> hbm_hook::kubevirt_command::SidecarArgs {
+    let mut extra = Vec::new();
+    if let Some(v) = values {
+        extra.extend(["-f", v]);
+    }
+    let text = helm::template("hbm", "gpu", &extra).unwrap();
+    let objects = manifest::parse(&text).unwrap();
+    let cm = objects
+        .iter()
+        .find(|o| o.kind == "ConfigMap" && o.name.ends_with("-kubevirt"))
+        .unwrap();
+    let sidecars: Value = serde_json::from_str(cm.value["data"]["hook-sidecars.json"].as_str().unwrap()).unwrap();
+    let args: Vec<String> = serde_json::from_value(sidecars[0]["args"].clone()).unwrap();
+    assert_eq!(
+        args[0], "kubevirt-sidecar",
+        "the image's entrypoint is hbm-hook: args start with the subcommand"
+    );
+    SidecarCli::try_parse_from(std::iter::once("hbm-hook".to_string()).chain(args[1..].iter().cloned()))
+        .unwrap_or_else(|e| panic!("hbm-hook rejects the chart's sidecar args {args:?}: {e}"))
+        .sidecar
+}
+
+#[test]
+fn hbm_hook_accepts_the_rendered_sidecar_arguments() {
+    let s = sidecar_args(None);
+    assert_eq!(s.socket_dir, PathBuf::from("/var/run/kubevirt-hooks"));
+    assert_eq!(s.name, "hbm-passthrough");
+    assert_eq!(s.priority, 0);
+    let s = sidecar_args(Some("charts/hbm-passthrough/ci/full-values.yaml"));
+    assert_eq!(s.name, "hbm-gpu");
+    assert_eq!(s.priority, 10);
+}
