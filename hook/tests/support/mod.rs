@@ -9,6 +9,7 @@ pub mod hbm_chain;
 pub mod inventory;
 pub mod kubevirt;
 pub mod libvirt;
+pub mod libvirt_hook;
 
 use std::path::PathBuf;
 
