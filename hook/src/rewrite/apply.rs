@@ -15,6 +15,8 @@ pub const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 pub const CELL_ALIGN: u64 = 2 << 20;
 /// Highest PCI bus number a pcie-expander-bus may take.
 pub const MAX_BUS_NR: u32 = 254;
+/// Highest guest NUMA cell id the rewriter assigns (QEMU's MAX_NODES is 128).
+pub const MAX_CELL_ID: u32 = 127;
 /// Alignment assumed for a device-dax region whose `align` is unknown.
 pub const DEFAULT_DAX_ALIGN: u64 = 2 << 20;
 
@@ -330,6 +332,13 @@ pub(crate) fn apply(
             }
             continue;
         };
+        // `<address type='unassigned'/>`: bound to vfio on the host but never shown to the guest.
+        if doc
+            .child(h, "address")
+            .is_some_and(|a| doc.attr(a, "type").is_some_and(|t| t == "unassigned"))
+        {
+            continue;
+        }
         let gp = policy.gpus.iter().find(|g| g.address == addr);
         let mode = gp.and_then(|g| g.mode).unwrap_or(policy.mode);
         if mode == PolicyMode::Off {
@@ -450,7 +459,7 @@ pub(crate) fn apply(
         cell0 = Some(size);
         existing.push((0, size));
     }
-    let mut next_id = existing.iter().map(|c| c.0).max().unwrap_or(0) + 1;
+    let mut next_id = existing.iter().map(|c| c.0).max().unwrap_or(0).saturating_add(1);
 
     // 4. PCI controllers.
     let controllers: Vec<usize> = doc
@@ -488,7 +497,7 @@ pub(crate) fn apply(
                     size,
                     region,
                 };
-                next_id += 1;
+                next_id = next_id.saturating_add(1);
                 c
             })
             .collect();
@@ -538,9 +547,9 @@ pub(crate) fn apply(
             reused.push(e);
             t.expander_index = index_of(e).unwrap_or(0);
         } else {
-            t.expander_index = max_index + 1;
-            t.root_port_index = max_index + 2;
-            max_index += 2;
+            t.expander_index = max_index.saturating_add(1);
+            t.root_port_index = max_index.saturating_add(2);
+            max_index = max_index.saturating_add(2);
             if t.root_port_index > 255 {
                 return Err(unsatisfiable(
                     doc,
@@ -550,6 +559,16 @@ pub(crate) fn apply(
             }
         }
         targets.push(t);
+    }
+    if next_id > MAX_CELL_ID + 1 {
+        return Err(unsatisfiable(
+            doc,
+            numa.unwrap_or(root),
+            format!(
+                "the HBM cells would need guest NUMA cell ids up to {}; QEMU allows 0-{MAX_CELL_ID}",
+                next_id - 1
+            ),
+        ));
     }
     for t in targets.iter_mut().filter(|t| t.reuse_expander.is_none()) {
         let mut b = MAX_BUS_NR;
@@ -564,7 +583,7 @@ pub(crate) fn apply(
                     ),
                 ));
             }
-            if !busy_bus.iter().any(|e| b <= e + 1 && *e <= b + 1) {
+            if !busy_bus.iter().any(|e| b <= e.saturating_add(1) && *e <= b + 1) {
                 break;
             }
             b -= 2;
@@ -674,7 +693,10 @@ pub(crate) fn apply(
         Some(p) => format!("{p}:"),
     };
 
-    let total: u64 = all_sizes.iter().sum();
+    let total = all_sizes
+        .iter()
+        .try_fold(0u64, |a, s| a.checked_add(*s))
+        .ok_or_else(|| invalid(doc, memory.unwrap_or(root), "total guest memory overflows 64 bits"))?;
     for (el, path) in [(memory, "memory"), (current_memory, "currentMemory")] {
         let Some(el) = el else { continue };
         let unit = doc.attr(el, "unit").map(|u| u.into_owned());
