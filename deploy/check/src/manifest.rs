@@ -57,3 +57,28 @@ pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
     }
     Ok(objects)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_skips_empty_ones_and_names_objects() {
+        let text = "---\n# comment only\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: b\n";
+        let objects = parse(text).unwrap();
+        let ids: Vec<String> = objects.iter().map(Object::id).collect();
+        assert_eq!(ids, ["ConfigMap/a", "Service/b"]);
+        assert_eq!(objects[1].api_version, "v1");
+    }
+
+    #[test]
+    fn a_document_without_kind_is_an_error_naming_it() {
+        let err = parse("apiVersion: v1\nkind: ConfigMap\n---\nfoo: bar\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "YAML document 1: not a mapping with apiVersion and kind"
+        );
+        let err = parse("a: [\n").unwrap_err();
+        assert!(err.to_string().starts_with("YAML document 0: "), "{err}");
+    }
+}

@@ -84,3 +84,47 @@ pub fn diff(path: &str, before: &Value, after: &Value, out: &mut Vec<String>) {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_names_dropped_added_and_changed_paths() {
+        let mut out = Vec::new();
+        diff(
+            "",
+            &json!({"a": 1, "b": {"c": [1, 2]}, "d": [1], "e": "x"}),
+            &json!({"a": 1, "b": {"c": [1, 3]}, "d": [1, 2], "f": true}),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [
+                "/b/c/1: 2 became 3",
+                "/d: [1] became [1,2]",
+                "/e: dropped (was \"x\")",
+                "/f: added (true)",
+            ]
+        );
+    }
+
+    #[test]
+    fn typed_reports_a_key_the_type_does_not_know() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Small {
+            a: u32,
+        }
+        let err = typed::<Small>("Small/x", &json!({"a": 1, "b": 2}))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "Small/x: fields lost or changed in a round trip through deploy_check::roundtrip::tests::typed_reports_a_key_the_type_does_not_know::Small:\n  /b: dropped (was 2)"
+            )
+        );
+        assert!(typed::<Small>("Small/x", &json!({"a": 1})).is_ok());
+    }
+}

@@ -68,3 +68,19 @@ pub fn duration_seconds(text: &str) -> Option<f64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::duration_seconds;
+
+    #[test]
+    fn prometheus_durations_of_one_unit() {
+        assert_eq!(duration_seconds("500ms"), Some(0.5));
+        assert_eq!(duration_seconds("30s"), Some(30.0));
+        assert_eq!(duration_seconds("5m"), Some(300.0));
+        assert_eq!(duration_seconds("1h"), Some(3600.0));
+        assert_eq!(duration_seconds("1d"), None);
+        assert_eq!(duration_seconds("s"), None);
+        assert_eq!(duration_seconds("10"), None);
+    }
+}
