@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --binary) [ $# -ge 2 ] || usage_error "--binary needs a path"; binary=$2; shift 2 ;;
     --binary=*) binary=${1#--binary=}; shift ;;
     --no-restart) restart=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --purge) purge=1; shift ;;
     --no-restart) restart=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
