@@ -480,4 +480,25 @@ mod tests {
             "health poll interval \"5ms\" is not a duration between 10ms and 60s (write e.g. 500ms or 2s)"
         );
     }
+
+    #[test]
+    fn discovery_section_is_typed_and_validated() {
+        let ok = parse_file(
+            Path::new("c.yaml"),
+            "discovery:\n  gpus:\n    - gpu: \"0000:c1:00.0\"\n      nodes: [2]\n      dax: [\"dax0.0\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.file.discovery.gpus.len(), 1);
+        assert_eq!(ok.file.discovery.gpus[0].nodes, vec![2]);
+        let err = parse_file(
+            Path::new("c.yaml"),
+            "discovery:\n  gpus:\n    - gpu: \"0000:c1:00.0\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("config file c.yaml is not valid:") && err.contains("names neither nodes nor dax devices"),
+            "{err}"
+        );
+    }
 }

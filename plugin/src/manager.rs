@@ -54,6 +54,8 @@ struct Served {
     service: ResourceService,
     server: Option<SocketServer>,
     registered: bool,
+    /// Identity of the `kubelet.sock` the last successful Register went to.
+    registered_with: Option<Identity>,
     backoff: Backoff,
     next_attempt: Instant,
     watcher_status: Option<watch::Receiver<Option<Result<(), String>>>>,
@@ -75,13 +77,15 @@ pub struct Manager {
     problems: Vec<ResourceProblem>,
     inventory: Option<Inventory>,
     /// Identity of the `kubelet.sock` last seen; a different one means the kubelet restarted.
-    kubelet_seen: Option<(u64, u64, i64, i64)>,
+    kubelet_seen: Option<Identity>,
     stop: CancellationToken,
 }
 
 /// Identity of a file: (device, inode, ctime). A recreated socket can reuse the inode number,
 /// never also the ctime.
-fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
+type Identity = (u64, u64, i64, i64);
+
+fn identity(path: &Path) -> Option<Identity> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .ok()
@@ -259,6 +263,12 @@ impl Manager {
                 let created = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
                 if name == KUBELET_SOCKET && created {
                     self.check_kubelet("kubelet.sock created");
+                    // A fresh kubelet socket: whatever failed before may succeed now.
+                    let now = Instant::now();
+                    for served in self.served.values_mut().filter(|s| !s.registered) {
+                        served.backoff = Backoff { failures: 0 };
+                        served.next_attempt = now;
+                    }
                 }
                 self.poll_sockets();
                 false
@@ -294,7 +304,7 @@ impl Manager {
         }
         self.kubelet_seen = current;
         let now = Instant::now();
-        for served in self.served.values_mut() {
+        for served in self.served.values_mut().filter(|s| s.registered_with != current) {
             served.registered = false;
             served.backoff = Backoff { failures: 0 };
             served.next_attempt = now;
@@ -416,6 +426,7 @@ impl Manager {
                     service,
                     server: None,
                     registered: false,
+                    registered_with: None,
                     backoff: Backoff { failures: 0 },
                     next_attempt: Instant::now(),
                     watcher_status: None,
@@ -500,7 +511,7 @@ impl Manager {
                     tokio::spawn(server.stop());
                 }
             }
-            if served.server.is_none() {
+            if served.server.is_none() && served.next_attempt <= now {
                 let socket_name = resources::socket_name(name);
                 let socket = socket_dir.join(&socket_name);
                 let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
@@ -531,6 +542,7 @@ impl Manager {
                 continue;
             }
             let endpoint = resources::socket_name(name);
+            let kubelet = identity(&device_plugin_dir.join(KUBELET_SOCKET));
             match registration::register_with_kubelet(&device_plugin_dir, &endpoint, name).await {
                 Ok(()) if served.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
                     // The kubelet restarted while we registered and deleted our socket: the
@@ -543,6 +555,7 @@ impl Manager {
                     self.metrics.registration(name, true);
                     info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
                     served.registered = true;
+                    served.registered_with = kubelet;
                     served.backoff = Backoff { failures: 0 };
                 }
                 Err(error) => {

@@ -147,7 +147,7 @@ async fn kubelet_restarts_twenty_times_and_the_plugin_reregisters_every_time() {
 
     let mut dropped_total = 0;
     for round in 1..=20 {
-        kubelet.restart().await;
+        dropped_total += kubelet.restart().await;
         // Served again on a fresh socket: the kubelet's dial and ListAndWatch work.
         let (reg, mut watch, dropped) = kubelet.next_working_registration().await;
         assert_eq!(
@@ -159,18 +159,32 @@ async fn kubelet_restarts_twenty_times_and_the_plugin_reregisters_every_time() {
     }
     assert!(kubelet.pending_registrations().is_empty(), "no Register left over");
     assert_eq!(host.sockets(&host.device_plugins), [ENDPOINT, "kubelet.sock"]);
-    let (code, text) = common::http_get(metrics, "/metrics").await;
-    assert_eq!(code, 200);
-    assert!(
-        text.lines().any(|l| l == "hbm_plugin_kubelet_restarts_total 20"),
-        "{text}"
-    );
     let ok = format!(
         "hbm_plugin_registrations_total{{resource=\"amd.com/gpu-74a1-hbm\",result=\"ok\"}} {}",
         21 + dropped_total
     );
-    assert!(text.lines().any(|l| l == ok), "{ok} in {text}");
-    assert_eq!(common::http_get(metrics, "/readyz").await, (200, "ready\n".to_string()));
+    // The kubelet sees Register before the plugin sees the answer and counts it: wait for the count.
+    let text = common::guarded("the registration count", async {
+        loop {
+            let (code, text) = common::http_get(metrics, "/metrics").await;
+            assert_eq!(code, 200);
+            if text.lines().any(|l| l == ok) {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        text.lines().any(|l| l == "hbm_plugin_kubelet_restarts_total 20"),
+        "{text}"
+    );
+    common::guarded("readyz 200", async {
+        while common::http_get(metrics, "/readyz").await != (200, "ready\n".to_string()) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,7 +166,7 @@ async fn plugin_watcher_mode_serves_getinfo_and_the_device_plugin_on_one_socket(
     assert_eq!(host.sockets(&host.device_plugins), Vec::<String>::new());
     assert_eq!(http_get(metrics, "/readyz").await.0, 503);
 
-    let channel = plugin::registration::dial_unix(&socket).await.unwrap();
+    let channel = common::dial_fresh(&socket).await;
     let mut registration = RegistrationClient::new(channel.clone());
     let info = registration.get_info(InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.r#type, "DevicePlugin");
@@ -196,7 +196,7 @@ async fn plugin_watcher_mode_serves_getinfo_and_the_device_plugin_on_one_socket(
     // The kubelet's plugin watcher lost the socket (e.g. directory wiped): served again.
     std::fs::remove_file(&socket).unwrap();
     wait_for_file(&socket).await;
-    let channel = plugin::registration::dial_unix(&socket).await.unwrap();
+    let channel = common::dial_fresh(&socket).await;
     let info = RegistrationClient::new(channel)
         .get_info(InfoRequest {})
         .await

@@ -134,8 +134,11 @@ impl FakeKubelet {
 
     /// What a kubelet restart does: stop, delete every socket in the directory, serve a new
     /// `kubelet.sock`.
-    pub async fn restart(&mut self) {
+    /// Returns how many Register calls the old instance had received but nobody had taken
+    /// (they belong to the kubelet that is gone and are dropped).
+    pub async fn restart(&mut self) -> usize {
         self.shutdown().await;
+        let stale = self.pending_registrations().len();
         for entry in std::fs::read_dir(&self.dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "sock") {
@@ -143,6 +146,7 @@ impl FakeKubelet {
             }
         }
         self.serve();
+        stale
     }
 
     pub async fn shutdown(&mut self) {
@@ -164,6 +168,20 @@ pub async fn dial_plugin(path: &Path) -> DevicePluginClient<Channel> {
         .await
         .unwrap();
     DevicePluginClient::new(channel)
+}
+
+/// Dials a socket that was just seen appearing: a socket file exists between bind() and
+/// listen(), so a refused connection is retried (guarded).
+pub async fn dial_fresh(path: &Path) -> Channel {
+    guarded("a fresh socket to accept", async {
+        loop {
+            match plugin::registration::dial_unix(path).await {
+                Ok(channel) => return channel,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
 }
 
 /// A ListAndWatch stream as the kubelet keeps it.
