@@ -729,3 +729,70 @@ fn notes_say_how_to_list_resources_wire_kubevirt_and_annotate_a_vm() {
         "{text}"
     );
 }
+
+/// Every property path the schema defines (`a/b`, `a/[]/c` inside array items), `global` aside.
+fn schema_paths(node: &Value, prefix: &str, out: &mut Vec<String>) {
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (key, sub) in props {
+            if prefix.is_empty() && key == "global" {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}/{key}")
+            };
+            out.push(path.clone());
+            schema_paths(sub, &path, out);
+            if let Some(items) = sub.get("items") {
+                schema_paths(items, &format!("{path}/[]"), out);
+            }
+        }
+    }
+}
+
+/// Every key path a values document sets (array elements merged under `[]`).
+fn value_paths(node: &Value, prefix: &str, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            for (key, sub) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}/{key}")
+                };
+                out.push(path.clone());
+                value_paths(sub, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                value_paths(item, &format!("{prefix}/[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn full_values_set_every_option_the_schema_knows() {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap()).unwrap();
+    let mut known = Vec::new();
+    schema_paths(&schema, "", &mut known);
+    let mut set = Vec::new();
+    value_paths(&values_file(FULL), "", &mut set);
+    let missing: Vec<&String> = known.iter().filter(|p| !set.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "ci/full-values.yaml leaves these options unset: {missing:?}"
+    );
+    // And the defaults document every top-level option.
+    let mut defaults = Vec::new();
+    value_paths(&values_file("charts/hbm-passthrough/values.yaml"), "", &mut defaults);
+    let undocumented: Vec<&String> = known
+        .iter()
+        .filter(|p| !p.contains('/') && !defaults.contains(p))
+        .collect();
+    assert!(undocumented.is_empty(), "values.yaml lacks: {undocumented:?}");
+}
