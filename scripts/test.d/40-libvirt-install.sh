@@ -18,7 +18,7 @@ work=$(mktemp -d)
 trap 'virsh -c "$uri" destroy hbm-install-check >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 cargo build -q -p hook --bin hbm-hook
 # A private copy: a concurrent cargo build may relink target/debug/hbm-hook at any moment.
-cp target/debug/hbm-hook "$work/hbm-hook"
+cp "${CARGO_TARGET_DIR:-target}/debug/hbm-hook" "$work/hbm-hook"
 binary=$work/hbm-hook
 
 passed=0
