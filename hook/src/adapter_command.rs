@@ -156,15 +156,15 @@ pub fn run(args: QemuArgs) -> ExitCode {
 
 /// Log lines go to stderr, which libvirt appends to the domain's log.
 fn init_stderr_log() {
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HBM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+        .with_target(false);
+    // A directive filter only when asked for: the plain level filter keeps the start-up path short.
+    let _ = match std::env::var("HBM_LOG") {
+        Ok(spec) => fmt.with_env_filter(tracing_subscriber::EnvFilter::new(spec)).try_init(),
+        Err(_) => fmt.with_max_level(tracing::Level::INFO).try_init(),
+    };
 }
 
 /// Shell-like rendering for the log: arguments with spaces or quotes are single-quoted.

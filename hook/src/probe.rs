@@ -280,18 +280,23 @@ pub fn capabilities(binary: &Path, cache_dir: &Path, timeout: Duration) -> Resul
     if let Some(caps) = cached(binary, cache_dir)? {
         return Ok(caps);
     }
-    let (mtime_ns, size) = identity(binary)?;
     let caps = probe(binary, timeout)?;
+    if let Err(e) = store(binary, cache_dir, &caps) {
+        tracing::warn!(cache_dir = %cache_dir.display(), error = %e, "probe cache not written; the next start probes again");
+    }
+    Ok(caps)
+}
+
+/// Records `caps` as the capabilities of `binary` as it is now (path, mtime, size).
+pub fn store(binary: &Path, cache_dir: &Path, caps: &Capabilities) -> std::io::Result<()> {
+    let (mtime_ns, size) = identity(binary).map_err(std::io::Error::other)?;
     let entry = CacheEntry {
         binary: binary.display().to_string(),
         mtime_ns,
         size,
         capabilities: caps.clone(),
     };
-    if let Err(e) = write_atomically(&cache_file(cache_dir, binary), &entry) {
-        tracing::warn!(cache_dir = %cache_dir.display(), error = %e, "probe cache not written; the next start probes again");
-    }
-    Ok(caps)
+    write_atomically(&cache_file(cache_dir, binary), &entry)
 }
 
 fn write_atomically(path: &Path, entry: &CacheEntry) -> std::io::Result<()> {
