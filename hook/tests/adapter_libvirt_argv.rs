@@ -291,16 +291,8 @@ fn every_cell_of_the_libvirt_corpus() {
         let file = support::corpus::file(name);
         let native = domxml_to_native(&file.text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let argv = native.args.clone();
-        let ram = parse_size(
-            &argv[position(&argv, "-m") + 1]
-                .replace("size=", "")
-                .split(',')
-                .next()
-                .unwrap()
-                .to_string(),
-            1 << 20,
-        )
-        .unwrap();
+        let m = argv[position(&argv, "-m") + 1].replace("size=", "");
+        let ram = parse_size(m.split(',').next().unwrap(), 1 << 20).unwrap();
         for node in native.options("-numa").into_iter().filter(|o| o.kind == "node") {
             tally.cells += 1;
             let cell: u32 = node.get("nodeid").unwrap().parse().unwrap();
