@@ -275,3 +275,53 @@ fn subcommand_form_takes_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run.recorded().unwrap().2, strings(ARGV));
 }
+
+#[test]
+fn settings_come_from_the_config_file_when_not_in_the_environment() {
+    let run = Run::new();
+    let cache = run.dir.path().join("configured-cache");
+    let config = run.dir.path().join("hook.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "qemu:\n  emulator: {}\n  probe_cache_dir: {}\n",
+            Run::stand_in().display(),
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let adapter = |config: &Path| {
+        Command::new(&run.adapter)
+            .args(ARGV)
+            .env("HBM_HOOK_CONFIG", config)
+            .env(
+                "HBM_QEMU_INSTRUCTIONS",
+                "v1;memmap-type:cell=0,size=1073741824,type=normal",
+            )
+            .env("STANDIN_DIALECT", "memmap-type")
+            .env("STANDIN_RECORD", run.record())
+            .env_remove("HBM_QEMU_EMULATOR")
+            .env_remove("HBM_PROBE_CACHE_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = adapter(&config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, program, args) = run.recorded().unwrap();
+    assert_eq!(program, Run::stand_in().display().to_string());
+    assert_eq!(args[10], "node,nodeid=0,cpus=0-1,memdev=ram-node0,memmap-type=normal");
+    assert!(hbm_hook::probe::cache_file(&cache, &Run::stand_in()).is_file());
+
+    std::fs::remove_file(run.record()).unwrap();
+    let broken = run.dir.path().join("broken.yaml");
+    std::fs::write(&broken, "qemu:\n  emulatr: /usr/bin/qemu\n").unwrap();
+    let out = adapter(&broken);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = stderr(&out).lines().last().unwrap().to_string();
+    assert!(
+        line.starts_with(&format!("hbm-qemu: config {}: ", broken.display())),
+        "{line}"
+    );
+    assert!(line.contains("emulatr"), "{line}");
+    assert_eq!(run.recorded(), None);
+}
