@@ -710,3 +710,16 @@ fn self_closing_and_empty_parents_are_expanded_and_restored() {
     );
     assert!(out.xml.contains("  <metadata>\n    <hbm:passthrough"));
 }
+
+#[test]
+fn a_damaged_record_does_not_make_additions_stack() {
+    // Found by the fuzzer: an earlier rewrite whose record lost the entry for <qemu:commandline>.
+    let damaged = SAMPLE_GOLDEN.replace("        <hbm:undo op='remove' at='qemu:commandline'/>\n", "");
+    assert_ne!(damaged, SAMPLE_GOLDEN);
+    let inv = sample_host();
+    let once = rewrite(&damaged, &inv, &RewriteOptions::default()).unwrap();
+    let twice = rewrite(&once.xml, &inv, &RewriteOptions::default()).unwrap();
+    assert_eq!(twice.xml, once.xml);
+    assert_eq!(once.xml.matches("acpi-generic-initiator,id=hbm-gi1").count(), 1);
+    assert_eq!(once.xml.matches("<qemu:env name='HBM_QEMU_INSTRUCTIONS'").count(), 1);
+}

@@ -983,6 +983,15 @@ pub(crate) fn apply(
     // qemu:commandline
     let mut qemu_children: Vec<(String, Option<UndoOp>)> = Vec::new();
     let cl_name = format!("{qp}commandline");
+    let existing_cl = doc.child(root, &cl_name);
+    // Args already there (a hand-made or half-removed earlier setup) are not added twice.
+    let existing_args: Vec<String> = existing_cl
+        .map(|cl| {
+            doc.children_named(cl, &format!("{qp}arg"))
+                .filter_map(|a| doc.attr(a, "value").map(|v| v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     if !options.native_generic_initiator {
         for t in &targets {
             for c in &t.cells {
@@ -990,6 +999,10 @@ pub(crate) fn apply(
                     "acpi-generic-initiator,id=hbm-gi{},pci-dev={},node={}",
                     c.id, t.alias, c.id
                 );
+                if existing_args.contains(&value) {
+                    summary.push(format!("Generic Initiator hbm-gi{} already present", c.id));
+                    continue;
+                }
                 qemu_children.push((format!("<{qp}arg{}/>", w.attr("value", "-object")), None));
                 let op = UndoOp::Remove {
                     at: format!("{cl_name}/{qp}arg[value={value}]"),
@@ -1003,7 +1016,6 @@ pub(crate) fn apply(
             }
         }
     }
-    let existing_cl = doc.child(root, &cl_name);
     let existing_env = existing_cl.and_then(|cl| {
         doc.children_named(cl, &format!("{qp}env"))
             .find(|e| doc.attr(*e, "name").is_some_and(|n| n == qemu_instructions::ENV_VAR))
