@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `hbm-passthrough.dev/policy` | `off`, `auto`, `required` | the hook config's `rewrite.policy` |
 //! | `hbm-passthrough.dev/dialect` | `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
-//! | `hbm-passthrough.dev/size-cap` | bytes or `64GiB`-style | config |
+//! | `hbm-passthrough.dev/size-cap` | bytes, `64GiB`-style or a Kubernetes quantity (`64Gi`) | config |
 //!
 //! Any other key under `hbm-passthrough.dev/` is refused (a typo must not silently mean "auto").
 
@@ -124,7 +124,7 @@ impl VmiPolicy {
                 POLICY_ANNOTATION => out.policy = Some(v.parse::<PolicyMode>().map_err(|r| bad(key, value, r))?),
                 DIALECT_ANNOTATION => out.dialect = Some(v.parse::<Dialect>().map_err(|r| bad(key, value, r))?),
                 SIZE_CAP_ANNOTATION => {
-                    let cap = parse_size(v).map_err(|r| bad(key, value, r))?;
+                    let cap = parse_size(&kubernetes_quantity(v)).map_err(|r| bad(key, value, r))?;
                     if cap == 0 {
                         return Err(bad(
                             key,
@@ -161,6 +161,15 @@ impl VmiPolicy {
             o.size_cap_bytes = Some(c);
         }
         o
+    }
+}
+
+/// Kubernetes writes binary sizes as quantities (`64Gi`, `512Mi`); the size parser spells them
+/// `64GiB`. Other spellings pass through unchanged.
+fn kubernetes_quantity(v: &str) -> String {
+    match v.strip_suffix('i') {
+        Some(head) if head.ends_with(['K', 'M', 'G', 'T', 'P', 'E']) => format!("{v}B"),
+        _ => v.to_string(),
     }
 }
 
@@ -300,6 +309,15 @@ mod tests {
                 .to_string()
                 .contains("policy off")
         );
+        assert_eq!(
+            policy(&[(SIZE_CAP_ANNOTATION, "64Gi")]).unwrap().size_cap_bytes,
+            Some(64 << 30)
+        );
+        assert_eq!(
+            policy(&[(SIZE_CAP_ANNOTATION, "512Mi")]).unwrap().size_cap_bytes,
+            Some(512 << 20)
+        );
+        assert!(policy(&[(SIZE_CAP_ANNOTATION, "5i")]).is_err());
         let e = policy(&[("hbm-passthrough.dev/polcy", "off")]).unwrap_err();
         assert!(e.to_string().contains("unknown annotation"), "{e}");
     }

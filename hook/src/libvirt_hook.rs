@@ -371,8 +371,17 @@ pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
 }
 
 /// Entry point when the binary runs under the hook's name (argv[0] basename [`HOOK_NAME`]).
-pub fn main_from_argv(argv: &[OsString]) -> u8 {
+/// Calls the hook ignores (most of them: it runs on every state change of every domain) return
+/// before `init_logging` runs, so they cost little more than the process start.
+pub fn main_from_argv(argv: &[OsString], init_logging: fn()) -> u8 {
     let args: Vec<String> = argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    if let [_, operation, sub_operation, _] = args.as_slice()
+        && Call::classify(operation, sub_operation) == Call::Ignored
+    {
+        let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+        return 0;
+    }
+    init_logging();
     main(&args, None)
 }
 

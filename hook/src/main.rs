@@ -70,8 +70,7 @@ fn main() -> ExitCode {
     // Invoked as the libvirt qemu.d hook (`hbm-passthrough`): libvirt's four arguments, no flags.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.first().is_some_and(|a| hbm_hook::libvirt_hook::invoked_as_hook(a)) {
-        init_tracing();
-        return ExitCode::from(hbm_hook::libvirt_hook::main_from_argv(&argv));
+        return ExitCode::from(hbm_hook::libvirt_hook::main_from_argv(&argv, init_tracing));
     }
     // Invoked as `onDefineDomain` / `preCloudInitIso` (KubeVirt's sidecar shim runs these names).
     let cli = match hbm_hook::kubevirt_command::shim_argv(&argv) {

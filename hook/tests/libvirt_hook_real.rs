@@ -54,17 +54,19 @@ fn sighup_libvirtd() {
     }
 }
 
-/// Moves whatever sits at `path` aside; puts it back on drop.
+/// Moves whatever sits at `path` into `save_dir` (same file system, outside any hook directory);
+/// puts it back on drop.
 struct Aside {
     path: PathBuf,
     saved: Option<PathBuf>,
 }
 
 impl Aside {
-    fn new(path: &str) -> Self {
+    fn new(path: &str, save_dir: &str) -> Self {
         let path = PathBuf::from(path);
         let saved = if std::fs::symlink_metadata(&path).is_ok() {
-            let to = path.with_extension(format!("hbm-test-saved-{}", std::process::id()));
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            let to = Path::new(save_dir).join(format!("{file}.hbm-test-saved-{}", std::process::id()));
             std::fs::rename(&path, &to).unwrap();
             Some(to)
         } else {
@@ -83,25 +85,34 @@ impl Drop for Aside {
     }
 }
 
-/// The hook and its config installed; everything restored (and libvirtd told) on drop.
+/// The hook and its config installed; everything restored on drop (files put back, directories
+/// this test created removed again); the caller then SIGHUPs libvirtd.
 struct Installed {
-    _hook: Aside,
-    _config: Aside,
+    asides: Vec<Aside>,
+    created_dirs: Vec<&'static str>,
 }
 
 impl Installed {
     fn new(config: &str) -> Self {
-        std::fs::create_dir_all("/etc/libvirt/hooks/qemu.d").unwrap();
-        std::fs::create_dir_all("/etc/hbm-passthrough").unwrap();
-        let hook = Aside::new(HOOK_PATH);
-        let cfg = Aside::new(CONFIG_PATH);
+        let mut created_dirs = Vec::new();
+        for dir in [
+            "/etc/libvirt/hooks",
+            "/etc/libvirt/hooks/qemu.d",
+            "/etc/hbm-passthrough",
+        ] {
+            if !Path::new(dir).exists() {
+                std::fs::create_dir(dir).unwrap();
+                created_dirs.push(dir);
+            }
+        }
+        let asides = vec![
+            Aside::new(HOOK_PATH, "/etc/libvirt/hooks"),
+            Aside::new(CONFIG_PATH, "/etc/hbm-passthrough"),
+        ];
         std::fs::write(CONFIG_PATH, config).unwrap();
         install_link();
         sighup_libvirtd();
-        Self {
-            _hook: hook,
-            _config: cfg,
-        }
+        Self { asides, created_dirs }
     }
 }
 
@@ -109,7 +120,10 @@ impl Drop for Installed {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(HOOK_PATH);
         let _ = std::fs::remove_file(CONFIG_PATH);
-        // Asides restore their files after this; then libvirtd re-scans.
+        self.asides.clear();
+        for dir in self.created_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

@@ -71,7 +71,10 @@ pub fn domain_xml(name: &str, console_log: &Path, inventory: &Inventory) -> Stri
 ",
         host.domain, host.bus, host.slot, host.function
     );
-    let options = RewriteOptions { dialect: Dialect::KernelCmdline, ..RewriteOptions::default() };
+    let options = RewriteOptions {
+        dialect: Dialect::KernelCmdline,
+        ..RewriteOptions::default()
+    };
     let out = rewrite(&d.to_xml(), inventory, &options).unwrap_or_else(|e| panic!("rewrite: {e}"));
     assert!(out.changed, "the rewriter must give the domain its HBM");
     let chain = hbm_chain::read(&out.xml, host).unwrap_or_else(|e| panic!("{e}\n{}", out.xml));
