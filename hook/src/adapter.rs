@@ -514,7 +514,8 @@ pub fn transform(
     }
     check(instructions, facts)?;
     let options = scan(argv);
-    let mut numa: Vec<(usize, KeyVal)> = Vec::new();
+    // (index, option as it will be written, memdev as libvirt wrote it)
+    let mut numa: Vec<(usize, KeyVal, Option<String>)> = Vec::new();
     let mut objects: Vec<ObjectArg> = Vec::new();
     let mut memory = None;
     for opt in &options {
@@ -522,7 +523,8 @@ pub fn transform(
             "-numa" => {
                 let kv = KeyVal::parse(opt.value);
                 if kv.implied.as_deref().or_else(|| kv.get("type")) == Some("node") {
-                    numa.push((opt.value_index, kv));
+                    let memdev = kv.get("memdev").map(String::from);
+                    numa.push((opt.value_index, kv, memdev));
                 }
             }
             "-object" => objects.extend(ObjectArg::parse(opt.value_index, opt.value)),
@@ -538,14 +540,12 @@ pub fn transform(
     for instruction in instructions {
         let cell = instruction.cell();
         let cell_text = cell.to_string();
-        let (numa_index, node) = numa
+        let (numa_index, node, memdev) = numa
             .iter_mut()
-            .find(|(_, kv)| kv.get("nodeid") == Some(cell_text.as_str()))
+            .find(|(_, kv, _)| kv.get("nodeid") == Some(cell_text.as_str()))
             .ok_or(AdapterError::CellNotInArgv { cell })?;
-        let memdev = node
-            .get("memdev")
-            .ok_or(AdapterError::CellWithoutMemdev { cell })?
-            .to_string();
+        // The backend as libvirt named it, whatever an earlier instruction did to this node.
+        let memdev = memdev.clone().ok_or(AdapterError::CellWithoutMemdev { cell })?;
         let object = objects
             .iter()
             .find(|o| o.id() == Some(memdev.as_str()))
@@ -733,10 +733,12 @@ mod tests {
     }
 
     #[test]
-    fn dax_and_sp_mem_compose() {
+    fn dax_and_sp_mem_compose_in_either_order() {
         let i =
             parse("v1;dax:cell=1,size=536870912,path=/dev/dax0.0,align=2097152;sp-mem:cell=1,size=536870912").unwrap();
         let out = transform(&args(KEYVAL), &i, &caps(false, true)).unwrap();
+        let reversed: Vec<Instruction> = i.iter().rev().cloned().collect();
+        assert_eq!(transform(&args(KEYVAL), &reversed, &caps(false, true)).unwrap(), out);
         assert!(out.contains(&"sp-mem,id=hbm-sp-mem1,memdev=ram-node1,node=1".to_string()));
         assert!(
             out.iter()
