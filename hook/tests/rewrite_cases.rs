@@ -648,6 +648,20 @@ fn doctype_entities_and_malformed_input_are_bad_input() {
         e.to_string().starts_with("domain XML line 2: not well-formed XML"),
         "{e}"
     );
+    // Found by the fuzzer: quick-xml reads attributes lazily, the index checks them.
+    let e = err(
+        "<domain>\n  <devices>\n    <controller typ=e'usb'/>\n  </devices>\n</domain>",
+        &inv,
+        &o,
+    );
+    assert_eq!(e.exit_code(), 2);
+    assert!(
+        e.to_string()
+            .starts_with("domain XML line 3: not well-formed XML: element <controller>: bad attribute"),
+        "{e}"
+    );
+    let e = err("<domain a='1' a='2'/>", &inv, &o);
+    assert_eq!(e.exit_code(), 2);
     assert_eq!(err("<domain>", &inv, &o).exit_code(), 2);
     assert_eq!(err("", &inv, &o).exit_code(), 2);
     assert_eq!(err("<domain/><domain/>", &inv, &o).exit_code(), 2);

@@ -90,6 +90,15 @@ impl<'a> Document<'a> {
             match event {
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     let start = markup_start();
+                    // quick-xml reads attributes lazily: check them now (syntax, duplicates).
+                    for attr in e.attributes() {
+                        if let Err(err) = attr {
+                            return Err(RewriteError::Malformed {
+                                line: line_of(src, start),
+                                reason: format!("element <{}>: bad attribute: {err}", e.name().as_ref()),
+                            });
+                        }
+                    }
                     let self_closing = matches!(event, Event::Empty(_));
                     let parent = stack.last().copied();
                     if parent.is_none() {
