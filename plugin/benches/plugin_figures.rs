@@ -126,6 +126,15 @@ async fn main() {
         let t = Instant::now();
         let (_, _, _) = kubelet.next_working_registration().await;
         reregs.push(t.elapsed());
+        if t.elapsed() > Duration::from_millis(50) && std::env::var_os("HBM_BENCH_DEBUG").is_some() {
+            let log = plugin.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "slow re-registration {:?}:\n{}",
+                t.elapsed(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
     reregs.sort();
 

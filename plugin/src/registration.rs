@@ -100,18 +100,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Exponential backoff for registration retries: 100 ms doubling up to 5 s.
+/// Exponential backoff for registration retries: 10 ms doubling up to 5 s. The short start
+/// matters: a new `kubelet.sock` appears (bind) a moment before it accepts (listen).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub failures: u32,
 }
 
 impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(100);
+    pub const FIRST: Duration = Duration::from_millis(10);
     pub const MAX: Duration = Duration::from_secs(5);
 
     pub fn next_delay(&mut self) -> Duration {
-        let delay = Self::FIRST.saturating_mul(1u32 << self.failures.min(6));
+        let delay = Self::FIRST.saturating_mul(1u32 << self.failures.min(10));
         self.failures = self.failures.saturating_add(1);
         delay.min(Self::MAX)
     }
@@ -165,7 +166,7 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         let mut b = Backoff { failures: 0 };
-        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        let delays: Vec<u64> = (0..12).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5000, 5000, 5000]);
     }
 }

@@ -81,7 +81,6 @@ type ListStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>
 
 impl ResourceService {
     fn allocate_inner(&self, request: &AllocateRequest) -> Result<AllocateResponse, AllocateError> {
-        let snapshot = self.state.borrow().clone();
         let mut responses = Vec::with_capacity(request.container_requests.len());
         for container in &request.container_requests {
             if container.devices_ids.is_empty() {
@@ -89,37 +88,55 @@ impl ResourceService {
                     resource: self.name.clone(),
                 });
             }
-            let mut devices = Vec::with_capacity(container.devices_ids.len());
-            for id in &container.devices_ids {
-                let device = snapshot.devices.get(id).ok_or_else(|| AllocateError::UnknownDevice {
-                    resource: self.name.clone(),
-                    id: id.clone(),
-                })?;
-                if let Some(reason) = self.roots.measure(device, &snapshot.baseline) {
-                    // Tell the kubelet at once (ListAndWatch update), then fail the call.
-                    let changed = self.state.send_if_modified(|s| {
-                        let entry = s.verdicts.entry(id.clone()).or_default();
-                        let changed = entry.as_deref() != Some(reason.as_str());
-                        *entry = Some(reason.clone());
-                        changed
-                    });
-                    if changed {
-                        let (healthy, unhealthy) = self.state.borrow().counts();
-                        self.metrics.set_devices(&self.name, healthy, unhealthy);
-                    }
-                    return Err(AllocateError::Unhealthy {
+            // Copy out only what this container needs; the lock is held for the lookups alone.
+            let (devices, baseline) = {
+                let snapshot = self.state.borrow();
+                let mut devices = Vec::with_capacity(container.devices_ids.len());
+                let mut baseline = BTreeMap::new();
+                for id in &container.devices_ids {
+                    let device = snapshot.devices.get(id).ok_or_else(|| AllocateError::UnknownDevice {
                         resource: self.name.clone(),
                         id: id.clone(),
+                    })?;
+                    for region in &device.regions {
+                        if let Some(&size) = snapshot.baseline.get(&region.id) {
+                            baseline.insert(region.id.clone(), size);
+                        }
+                    }
+                    devices.push(device.clone());
+                }
+                (devices, baseline)
+            };
+            for device in &devices {
+                if let Some(reason) = self.roots.measure(device, &baseline) {
+                    self.mark_unhealthy(&device.id, &reason);
+                    return Err(AllocateError::Unhealthy {
+                        resource: self.name.clone(),
+                        id: device.id.clone(),
                         reason,
                     });
                 }
-                devices.push(device);
             }
-            responses.push(allocate::container_response(&self.name, &devices, &self.roots));
+            let refs: Vec<&DeviceInfo> = devices.iter().collect();
+            responses.push(allocate::container_response(&self.name, &refs, &self.roots));
         }
         Ok(AllocateResponse {
             container_responses: responses,
         })
+    }
+
+    /// Records a failed measurement so ListAndWatch tells the kubelet at once.
+    fn mark_unhealthy(&self, id: &str, reason: &str) {
+        let changed = self.state.send_if_modified(|s| {
+            let entry = s.verdicts.entry(id.to_string()).or_default();
+            let changed = entry.as_deref() != Some(reason);
+            *entry = Some(reason.to_string());
+            changed
+        });
+        if changed {
+            let (healthy, unhealthy) = self.state.borrow().counts();
+            self.metrics.set_devices(&self.name, healthy, unhealthy);
+        }
     }
 }
 
