@@ -38,7 +38,7 @@ pub struct LibvirtArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The domain name, operation, sub-operation and extra argument libvirt passes.
-    #[arg(num_args = 4, value_names = ["DOMAIN", "OPERATION", "SUB_OP", "EXTRA"], allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 4, value_names = ["DOMAIN", "OPERATION", "SUB_OP", "EXTRA"], allow_hyphen_values = true)]
     pub call: Vec<String>,
 }
 
