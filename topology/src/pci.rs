@@ -3,7 +3,7 @@
 //! processing accelerator) are read past `class`, which keeps a 10,000-device scan cheap.
 
 use crate::PciAddress;
-use crate::sysfs::{Sysfs, parse_cpumask, parse_hex, parse_list};
+use crate::sysfs::{Sysfs, SysfsError, parse_cpumask, parse_hex, parse_list};
 
 const DEVICES: &str = "sys/bus/pci/devices";
 
@@ -46,7 +46,8 @@ pub fn scan(fs: &Sysfs) -> PciScan {
             return out;
         }
     };
-    for name in names {
+    let classes = read_classes(fs, &names);
+    for (name, class) in names.into_iter().zip(classes) {
         let Ok(address) = PciAddress::parse(&name) else {
             out.warnings.push(format!(
                 "{}/{name}: not a PCI address, skipped",
@@ -56,7 +57,7 @@ pub fn scan(fs: &Sysfs) -> PciScan {
         };
         out.present.push(address);
         let base = format!("{DEVICES}/{name}");
-        let class = match fs.read_value(&format!("{base}/class")) {
+        let class = match class {
             Ok(v) => v,
             // A function that vanished between listing and reading, or a dangling link.
             Err(e) if e.is_missing() => continue,
@@ -79,6 +80,28 @@ pub fn scan(fs: &Sysfs) -> PciScan {
             .push(read_gpu(fs, &base, address, class_code as u32, &mut out.warnings));
     }
     out
+}
+
+/// Reads every function's `class`, spread over up to 4 threads for large hosts (the scan is
+/// bound by open/read syscalls; sysfs serves them in parallel).
+fn read_classes(fs: &Sysfs, names: &[String]) -> Vec<Result<String, SysfsError>> {
+    let read = |n: &String| fs.read_value(&format!("{DEVICES}/{n}/class"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if threads < 2 || names.len() < 1024 {
+        return names.iter().map(read).collect();
+    }
+    let chunk = names.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|c| (c, s.spawn(move || c.iter().map(read).collect::<Vec<_>>())))
+            .collect();
+        // A reader thread cannot panic on input; should one die anyway, its chunk is re-read here.
+        handles
+            .into_iter()
+            .flat_map(|(c, h)| h.join().unwrap_or_else(|_| c.iter().map(read).collect()))
+            .collect()
+    })
 }
 
 fn hex_id(fs: &Sysfs, rel: &str, warnings: &mut Vec<String>) -> String {

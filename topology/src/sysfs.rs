@@ -78,13 +78,24 @@ impl Sysfs {
         self.path(rel).exists()
     }
 
-    /// Raw bytes of `rel` (at most 16 MiB).
+    /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so a
+    /// short first read ends the file without a second syscall.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
-        let f = fs::File::open(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
-        let mut buf = Vec::new();
-        f.take(MAX_READ)
-            .read_to_end(&mut buf)
-            .map_err(|e| self.io_error(rel, e))?;
+        let mut f = fs::File::open(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
+        let mut page = [0u8; 4096];
+        let n = loop {
+            match f.read(&mut page) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(rel, e)),
+            }
+        };
+        let mut buf = page[..n].to_vec();
+        if n == page.len() {
+            f.take(MAX_READ)
+                .read_to_end(&mut buf)
+                .map_err(|e| self.io_error(rel, e))?;
+        }
         Ok(buf)
     }
 
