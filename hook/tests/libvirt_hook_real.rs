@@ -15,7 +15,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::guest::kit;
@@ -39,13 +38,14 @@ fn libvirtd_pid() -> u32 {
     pid
 }
 
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let p = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).expect("pid > 0");
+    rustix::process::kill_process(p, sig).unwrap_or_else(|e| panic!("signal {sig:?} to {pid}: {e}"));
+}
+
 fn sighup_libvirtd() {
     let pid = libvirtd_pid();
-    let out = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .output()
-        .expect("kill");
-    assert!(out.status.success(), "kill -HUP {pid}: {}", text(&out));
+    signal(pid, rustix::process::Signal::HUP);
     // The daemon answers again once the reload is through.
     let start = Instant::now();
     while !virsh(&["version"]).status.success() {
@@ -225,8 +225,7 @@ fn two_domains_one_region_under_real_libvirtd() {
 
         // SIGKILL the second's QEMU: libvirt notices, runs release, the region is free again.
         let pid = qemu_pid(&name_b);
-        let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).output().unwrap();
-        assert!(killed.status.success(), "{}", text(&killed));
+        signal(pid, rustix::process::Signal::KILL);
         wait_until("the killed domain to be shut off", || {
             b.state().is_ok_and(|s| s == "shut off")
         });
