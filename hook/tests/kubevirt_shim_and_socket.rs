@@ -325,3 +325,19 @@ fn nix_is_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(2))
         .is_some_and(|euid| euid == "0")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_sidecar_and_removes_its_socket() {
+    let node = write_node(&corpus_node());
+    let hooks = tempfile::tempdir().unwrap();
+    let mut sidecar = SidecarProcess::start(hooks.path(), &["--sysfs-root", node.path().to_str().unwrap()]);
+    let socket = find_socket(hooks.path(), &mut sidecar);
+    let channel = connect(&socket).await;
+    assert_eq!(info(&channel).await.versions.len(), 3);
+    drop(channel);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(sidecar.child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (code, err) = sidecar.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!socket.exists(), "socket removed on SIGTERM");
+}

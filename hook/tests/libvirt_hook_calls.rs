@@ -301,3 +301,44 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
         );
     }
 }
+
+#[test]
+fn concurrent_prepares_for_one_region_leave_exactly_one_holder() {
+    let s = setup(30);
+    let inv = inventory(s.host.path());
+    let domains: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let name = format!("race-{i}");
+            let uuid = format!("6f1c52d2-3a7c-4a57-9d0e-{i:012}");
+            let xml = with_uuid(&domain_xml(&name, Path::new("/dev/null"), &inv), &uuid);
+            (name, xml)
+        })
+        .collect();
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = domains
+            .iter()
+            .map(|(name, xml)| scope.spawn(|| s.hook([name.as_str(), "prepare", "begin", "-"], xml.as_bytes())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<&str> = outputs
+        .iter()
+        .zip(&domains)
+        .filter(|(o, _)| o.status.code() == Some(0))
+        .map(|(_, (name, _))| name.as_str())
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one prepare wins: {winners:?}");
+    for (o, (name, _)) in outputs.iter().zip(&domains) {
+        if o.status.code() != Some(0) {
+            assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(o));
+            assert!(
+                stderr(o).contains(&format!("by domain {}", winners[0])),
+                "{name}: {}",
+                stderr(o)
+            );
+        }
+    }
+    assert_eq!(read_claim(&s.claims()).unwrap().domain, winners[0]);
+    let files = std::fs::read_dir(s.claims()).unwrap().count();
+    assert_eq!(files, 2, "one claim file and the lock, no temporaries");
+}
