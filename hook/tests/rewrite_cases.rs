@@ -737,3 +737,28 @@ fn a_damaged_record_does_not_make_additions_stack() {
     assert_eq!(once.xml.matches("acpi-generic-initiator,id=hbm-gi1").count(), 1);
     assert_eq!(once.xml.matches("<qemu:env name='HBM_QEMU_INSTRUCTIONS'").count(), 1);
 }
+
+#[test]
+fn undo_finds_the_pci_hostdev_not_an_other_mode_one_with_the_same_source() {
+    // Found by the fuzzer: a non-subsystem hostdev naming the same address comes first.
+    let other = hostdev(0x41).replace("mode='subsystem'", "mode='capabilities'");
+    let xml = domain(1024, &format!("{other}{}", hostdev(0x41)));
+    let out = rw(
+        &xml,
+        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
+        &opts(Dialect::None),
+    );
+    assert_eq!(out.xml.matches("<alias name='ua-hbm-0000-41-00-0'/>").count(), 1);
+}
+
+#[test]
+fn an_alias_libvirt_would_refuse_is_bad_input() {
+    let xml = domain(1024, &hostdev(0x41)).replace("</source>\n", "</source>\n      <alias name='ua-gpu]/0'/>\n");
+    let e = err(
+        &xml,
+        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
+        &opts(Dialect::None),
+    );
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("has characters libvirt does not allow"), "{e}");
+}

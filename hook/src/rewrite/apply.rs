@@ -83,7 +83,7 @@ pub(crate) fn hostdev_source(doc: &Document<'_>, hostdev: usize) -> Option<PciAd
     pci_from_address(doc, addr)
 }
 
-fn is_pci_hostdev(doc: &Document<'_>, idx: usize) -> bool {
+pub(crate) fn is_pci_hostdev(doc: &Document<'_>, idx: usize) -> bool {
     doc.name(idx) == "hostdev"
         && doc.attr(idx, "type").is_some_and(|t| t == "pci")
         && doc.attr(idx, "mode").is_none_or(|m| m == "subsystem")
@@ -524,6 +524,13 @@ pub(crate) fn apply(
                 addr.domain, addr.bus, addr.device, addr.function
             ),
         };
+        if !alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid(
+                doc,
+                h,
+                format!("alias {alias:?} has characters libvirt does not allow (use A-Z, a-z, 0-9, '-', '_')"),
+            ));
+        }
         if aliases_taken.contains(&alias) {
             return Err(RewriteError::Collision {
                 line: doc.line(h),

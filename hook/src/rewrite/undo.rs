@@ -2,7 +2,7 @@
 
 use topology::PciAddress;
 
-use super::apply::hostdev_source;
+use super::apply::{hostdev_source, is_pci_hostdev};
 use super::document::{Document, Edits};
 use super::metadata::{self, HbmMetadata, UndoOp};
 
@@ -48,9 +48,12 @@ pub(crate) fn resolve(doc: &Document<'_>, path: &str) -> Option<usize> {
             _ => doc.children(cur).find(|c| {
                 doc.name(*c) == name
                     && keys.iter().all(|(k, v)| match *k {
-                        "source" => PciAddress::parse(v)
-                            .ok()
-                            .is_some_and(|want| hostdev_source(doc, *c) == Some(want)),
+                        "source" => {
+                            is_pci_hostdev(doc, *c)
+                                && PciAddress::parse(v)
+                                    .ok()
+                                    .is_some_and(|want| hostdev_source(doc, *c) == Some(want))
+                        }
                         k => doc.attr(*c, k).is_some_and(|a| a == *v),
                     })
             })?,
