@@ -762,3 +762,20 @@ fn an_alias_libvirt_would_refuse_is_bad_input() {
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().contains("has characters libvirt does not allow"), "{e}");
 }
+
+#[test]
+fn undo_removes_the_rewriters_own_element_when_the_user_has_a_twin() {
+    // A stray memnode for the cell id the rewriter will use: the rewriter's own one is removed.
+    let xml = domain(1024, &hostdev(0x41)).replace(
+        "</os>\n",
+        "</os>\n  <numatune>\n    <memnode cellid='1' mode='preferred' nodeset='0'/>\n  </numatune>\n",
+    );
+    let out = rw(
+        &xml,
+        &inventory(vec![region("0000:41:00.0", 4, GIB)]),
+        &opts(Dialect::None),
+    );
+    assert!(out.xml.contains(
+        "    <memnode cellid='1' mode='preferred' nodeset='0'/>\n    <memnode cellid='1' mode='strict' nodeset='4'/>\n"
+    ));
+}

@@ -28,10 +28,15 @@ fn steps(path: &str) -> Vec<&str> {
     out
 }
 
-/// Finds the element a recorded path names.
-pub(crate) fn resolve(doc: &Document<'_>, path: &str) -> Option<usize> {
+/// Finds the element a recorded path names. Every step takes the first match (as the rewriter
+/// finds the elements it changes in place), except the last step with `last_match`: additions are
+/// appended, so the rewriter's own element is the last one matching.
+pub(crate) fn resolve(doc: &Document<'_>, path: &str, last_match: bool) -> Option<usize> {
     let mut cur = doc.root;
-    for step in steps(path) {
+    let all = steps(path);
+    for (i, step) in all.iter().enumerate() {
+        let step = *step;
+        let last = last_match && i + 1 == all.len();
         let (name, keys) = match step.split_once('[') {
             Some((n, rest)) => (
                 n,
@@ -45,18 +50,21 @@ pub(crate) fn resolve(doc: &Document<'_>, path: &str) -> Option<usize> {
         cur = match name {
             "{hbm}" => metadata::element(doc).filter(|e| doc.elements[*e].parent == Some(cur))?,
             "{applied}" => metadata::child(doc, cur, "applied")?,
-            _ => doc.children(cur).find(|c| {
-                doc.name(*c) == name
-                    && keys.iter().all(|(k, v)| match *k {
-                        "source" => {
-                            is_pci_hostdev(doc, *c)
-                                && PciAddress::parse(v)
-                                    .ok()
-                                    .is_some_and(|want| hostdev_source(doc, *c) == Some(want))
-                        }
-                        k => doc.attr(*c, k).is_some_and(|a| a == *v),
-                    })
-            })?,
+            _ => {
+                let mut matching = doc.children(cur).filter(|c| {
+                    doc.name(*c) == name
+                        && keys.iter().all(|(k, v)| match *k {
+                            "source" => {
+                                is_pci_hostdev(doc, *c)
+                                    && PciAddress::parse(v)
+                                        .ok()
+                                        .is_some_and(|want| hostdev_source(doc, *c) == Some(want))
+                            }
+                            k => doc.attr(*c, k).is_some_and(|a| a == *v),
+                        })
+                });
+                if last { matching.last()? } else { matching.next()? }
+            }
         };
     }
     Some(cur)
@@ -68,7 +76,7 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
     for op in &meta.undo {
         match op {
             UndoOp::Remove { at, previous } => {
-                let Some(idx) = resolve(doc, at) else {
+                let Some(idx) = resolve(doc, at, true) else {
                     tracing::debug!(at = %at, "recorded addition not found; nothing to remove");
                     continue;
                 };
@@ -89,7 +97,7 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
                 edits.replace(from, doc.elements[idx].end, "");
             }
             UndoOp::Restore { at, raw } => {
-                let Some(idx) = resolve(doc, at) else {
+                let Some(idx) = resolve(doc, at, false) else {
                     tracing::debug!(at = %at, "recorded element not found; nothing to restore");
                     continue;
                 };
