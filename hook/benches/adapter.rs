@@ -3,6 +3,7 @@
 //! - `exec/direct_true` vs `exec/adapter_true`: spawning `/bin/true` directly vs spawning the
 //!   adapter (`hbm-qemu` symlink to the built `hbm-hook`) that execs `/bin/true` with a libvirt-size
 //!   argv and no instructions; the difference is the pass-through overhead (goal: < 2 ms).
+//!   `exec/env_true` (`/usr/bin/env /bin/true ...`) is the floor for any exec wrapper.
 //! - `exec/adapter_dax_true`: the same with one dax instruction (a character device check, a
 //!   cached probe lookup, the transform, then exec).
 //! - `probe/cached_lookup`: [`probe::cached`] of the real QEMU after one real probe (goal: < 100 µs).
@@ -57,6 +58,10 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("exec");
     g.bench_function("direct_true", |b| b.iter(|| run(Command::new("/bin/true").args(&argv))));
+    // The floor for any exec wrapper: coreutils' env, a small C program, exec'ing /bin/true.
+    g.bench_function("env_true", |b| {
+        b.iter(|| run(Command::new("/usr/bin/env").arg("/bin/true").args(&argv)))
+    });
     g.bench_function("adapter_true", |b| {
         b.iter(|| {
             run(Command::new(&adapter)

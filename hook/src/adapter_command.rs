@@ -147,7 +147,7 @@ pub fn run(args: QemuArgs) -> ExitCode {
     }) {
         Ok(never) => match never {},
         Err(e) => {
-            tracing::error!(code = e.exit_code(), "hbm-qemu: QEMU not started");
+            // One line, the last on stderr: libvirt shows it as the start error.
             eprintln!("hbm-qemu: {e}");
             ExitCode::from(e.exit_code())
         }

@@ -333,7 +333,7 @@ pub fn evaluate(f: &HostFacts) -> Vec<Check> {
         None => out.push(Check::warn(
             "libvirt acpi-nodeset",
             "libvirt's domain schema not found",
-            "install libvirt-daemon (it ships /usr/share/libvirt/schemas)",
+            "install libvirt0 (it ships /usr/share/libvirt/schemas; pass --libvirt-schema for another path)",
         )),
     }
 
