@@ -779,3 +779,16 @@ fn undo_removes_the_rewriters_own_element_when_the_user_has_a_twin() {
         "    <memnode cellid='1' mode='preferred' nodeset='0'/>\n    <memnode cellid='1' mode='strict' nodeset='4'/>\n"
     ));
 }
+
+#[test]
+fn control_characters_are_not_white_space() {
+    // Found by the fuzzer: a form feed inside the root tag made the quote detection pick a
+    // control character. New attributes always use ' or ".
+    let xml = domain(1024, &hostdev(0x41)).replace("<domain type='qemu'>", "<domain \u{2}\u{c}='x' type='qemu'>");
+    let out = rw(
+        &xml,
+        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
+        &opts(Dialect::None),
+    );
+    assert!(out.xml.contains("<cell id='1' memory='1048576' unit='KiB'/>"));
+}

@@ -164,6 +164,7 @@ impl<'d, 'a> Writer<'d, 'a> {
             .attrs(doc.root)
             .first()
             .and_then(|a| doc.src[..a.value.0].chars().last())
+            .filter(|c| *c == '"' || *c == '\'')
             .unwrap_or('\'');
         let unit = doc
             .children(doc.root)

@@ -54,6 +54,11 @@ pub struct Document<'a> {
     pub root: usize,
 }
 
+/// XML's white space: space, tab, CR, LF (not form feed or other control characters).
+pub fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 /// 1-based line number of byte `offset`.
 pub fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
@@ -239,24 +244,27 @@ impl<'a> Document<'a> {
             e.tag_end.saturating_sub(1)
         };
         loop {
-            while i < end && bytes[i].is_ascii_whitespace() {
+            while i < end && is_xml_space(bytes[i]) {
                 i += 1;
             }
             if i >= end {
                 break;
             }
             let name_start = i;
-            while i < end && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            while i < end && bytes[i] != b'=' && !is_xml_space(bytes[i]) {
                 i += 1;
             }
             let name_end = i;
-            while i < end && (bytes[i].is_ascii_whitespace() || bytes[i] == b'=') {
+            while i < end && (is_xml_space(bytes[i]) || bytes[i] == b'=') {
                 i += 1;
             }
             if i >= end {
                 break;
             }
             let quote = bytes[i];
+            if quote != b'"' && quote != b'\'' {
+                break;
+            }
             let value_start = i + 1;
             let Some(len) = src[value_start..end].find(quote as char) else {
                 break;
@@ -322,7 +330,7 @@ impl<'a> Document<'a> {
         let start = self.elements[idx].start;
         let before = &self.src.as_bytes()[..start];
         let mut i = start;
-        while i > 0 && before[i - 1].is_ascii_whitespace() {
+        while i > 0 && is_xml_space(before[i - 1]) {
             i -= 1;
         }
         i

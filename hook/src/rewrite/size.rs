@@ -12,8 +12,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         ));
     }
     let n: u64 = num.parse().map_err(|_| format!("size {text:?} is too large"))?;
-    let factor = unit_factor(unit.trim())
-        .ok_or_else(|| format!("size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB)"))?;
+    let unit = unit.trim();
+    let factor = if unit.is_empty() { Some(1) } else { unit_factor(unit) };
+    let factor = factor.ok_or_else(|| format!("size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB)"))?;
     n.checked_mul(factor)
         .ok_or_else(|| format!("size {text:?} is too large"))
 }

@@ -108,7 +108,7 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
                 if let Some(a) = doc.attrs(doc.root).into_iter().find(|a| a.name == name) {
                     let bytes = doc.src.as_bytes();
                     let mut from = a.name_start;
-                    while from > 0 && bytes[from - 1].is_ascii_whitespace() {
+                    while from > 0 && super::document::is_xml_space(bytes[from - 1]) {
                         from -= 1;
                     }
                     edits.replace(from, a.end, "");
