@@ -91,6 +91,17 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("generated_{devices}_pci_64_nodes"), |b| {
             b.iter(|| black_box(discover(d.path(), &cfg)))
         });
+        // The floor on this machine: only reading each function's `class` file, nothing else.
+        let classes: Vec<PathBuf> = std::fs::read_dir(d.path().join("sys/bus/pci/devices"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("class")).collect())
+            .unwrap_or_default();
+        g.bench_function(format!("floor_read_{devices}_class_files"), |b| {
+            b.iter(|| {
+                for p in &classes {
+                    black_box(std::fs::read(p).ok());
+                }
+            })
+        });
     }
     g.finish();
 }

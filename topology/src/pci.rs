@@ -82,26 +82,12 @@ pub fn scan(fs: &Sysfs) -> PciScan {
     out
 }
 
-/// Reads every function's `class`, spread over up to 4 threads for large hosts (the scan is
-/// bound by open/read syscalls; sysfs serves them in parallel).
+/// Reads every function's `class` (the scan is bound by these open/read/close syscalls).
 fn read_classes(fs: &Sysfs, names: &[String]) -> Vec<Result<String, SysfsError>> {
-    let read = |n: &String| fs.read_value(&format!("{DEVICES}/{n}/class"));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-    if threads < 2 || names.len() < 1024 {
-        return names.iter().map(read).collect();
-    }
-    let chunk = names.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = names
-            .chunks(chunk)
-            .map(|c| (c, s.spawn(move || c.iter().map(read).collect::<Vec<_>>())))
-            .collect();
-        // A reader thread cannot panic on input; should one die anyway, its chunk is re-read here.
-        handles
-            .into_iter()
-            .flat_map(|(c, h)| h.join().unwrap_or_else(|_| c.iter().map(read).collect()))
-            .collect()
-    })
+    names
+        .iter()
+        .map(|n| fs.read_value(&format!("{DEVICES}/{n}/class")))
+        .collect()
 }
 
 fn hex_id(fs: &Sysfs, rel: &str, warnings: &mut Vec<String>) -> String {

