@@ -85,25 +85,75 @@ fn assert_two_node_guest(report: &GuestReport, log: &str) {
     assert!(node1 > 448 * MIB && node1 <= 512 * MIB, "node 1 MemTotal {node1}");
 }
 
+/// The rewriter's guest-boot domain (one GPU with 512 MiB of HBM, kernel-cmdline dialect, the GPU
+/// swapped for a virtio-rng stand-in at its guest address), booted with `<emulator>` = the adapter:
+/// no instructions, so the argv passes through untouched, and the guest sees what it sees with the
+/// real QEMU as emulator (hook/tests/guest_boot.rs): an online CPU-less HBM node with a Generic
+/// Initiator and no usable memory, its range soft reserved, the stand-in's `numa_node` on it.
 #[test]
-fn libvirt_boots_a_guest_through_the_adapter_without_instructions() {
+fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
+    use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+    use support::domain_xml::{StandIn, with_stand_in};
+    use support::inventory::{HbmSpec, hbm_inventory};
+
     require_libvirt();
     let dir = tempfile::tempdir().unwrap();
     let adapter = adapter_in(dir.path());
-    let name = unique_name("adapter-passthrough");
-    let (_domain, log, report) = boot(
-        &domain_xml(&name, dir.path(), &adapter, &[]),
-        &dir.path().join("console.log"),
+    let console = dir.path().join("console.log");
+    let mut d = DirectBootDomain::new(&unique_name("adapter-passthrough"), &console);
+    d.acpi = false;
+    d.devices =
+        "    <hostdev mode='subsystem' type='pci' managed='no'>\n      <driver name='vfio'/>\n      <source>\n        \
+                 <address domain='0x0000' bus='0xc1' slot='0x00' function='0x0'/>\n      </source>\n      \
+                 <alias name='ua-gpu0'/>\n    </hostdev>\n"
+            .to_string();
+    let options = RewriteOptions {
+        dialect: Dialect::KernelCmdline,
+        ..RewriteOptions::default()
+    };
+    let out = rewrite(
+        &d.to_xml(),
+        &hbm_inventory(&[HbmSpec::new("0000:c1:00.0", 512 * MIB)]),
+        &options,
+    )
+    .unwrap();
+    let emulator = "<emulator>/usr/bin/qemu-system-x86_64</emulator>";
+    assert!(
+        out.xml.contains(emulator),
+        "kernel-cmdline needs no adapter, the rewriter keeps the emulator"
     );
-    assert_two_node_guest(&report, &log);
+    let xml = with_stand_in(&out.xml, "ua-gpu0", StandIn::VirtioRng)
+        .unwrap()
+        .replace(emulator, &format!("<emulator>{}</emulator>", adapter.display()));
+
+    let (_domain, log, report) = boot(&xml, &console);
     let seen = logged_argv(&log, "hbm-qemu: argv seen");
     let execd = logged_argv(&log, "hbm-qemu: no instructions, argv exec'd unchanged");
     let adapter = adapter.display().to_string();
     assert!(seen.starts_with(&format!("{adapter} -name guest=")), "{seen}");
     assert_eq!(execd, seen.replacen(&adapter, "/usr/bin/qemu-system-x86_64", 1));
-    assert!(seen.contains("-numa node,nodeid=1,memdev=ram-node1"), "{seen}");
-    // Nothing probed on the pass-through path.
-    assert!(!dir.path().join("probe-cache").exists());
+    assert!(seen.contains("acpi-generic-initiator,id="), "{seen}");
+
+    assert_eq!(report.nodes_has_cpu, vec![0], "{log}");
+    let hbm_node = *report
+        .nodes_online
+        .iter()
+        .find(|n| **n != 0)
+        .unwrap_or_else(|| panic!("{}", report.console));
+    assert_eq!(report.nodes_online, vec![0, hbm_node]);
+    assert!(report.nodes_generic_initiator.contains(&hbm_node), "{}", report.console);
+    assert_eq!(report.nodes[&hbm_node].mem_total_kb, 0);
+    assert!(report.nodes[&hbm_node].cpus.is_empty());
+    assert!(
+        report.hmem_at(1024 * MIB, 1536 * MIB - 1).is_some(),
+        "{}",
+        report.console
+    );
+    assert_eq!(report.iomem_named("Soft Reserved").len(), 1, "{}", report.console);
+    let (vendor, device) = StandIn::VirtioRng.guest_ids();
+    let stand_in = report.pci_by_id(vendor, device);
+    assert_eq!(stand_in.len(), 1, "{}", report.console);
+    assert_eq!(stand_in[0].numa_node, i32::try_from(hbm_node).unwrap());
 }
 
 #[test]
