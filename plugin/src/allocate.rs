@@ -246,7 +246,7 @@ mod tests {
             preferred(&devices, &all, &[], 3),
             ids(&["0000:01:00.0", "0000:03:00.0", "0000:02:00.0"])
         );
-        // node 0 has only 3 left: 4 devices come from node 1 + the node with capacity.
+        // Without must-include, the CPU node that can hold the whole request wins.
         let avail = ids(&["0000:01:00.0", "0000:81:00.0", "0000:82:00.0", "0000:84:00.0"]);
         assert_eq!(
             preferred(&devices, &avail, &[], 2),
@@ -256,6 +256,35 @@ mod tests {
         assert_eq!(
             preferred(&devices, &ids(&["bogus", "0000:84:00.0"]), &[], 2),
             ids(&["0000:84:00.0"])
+        );
+    }
+
+    #[test]
+    fn iommufd_adds_dev_iommu_and_the_vfio_cdev() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = HealthRoots {
+            sysfs_root: dir.path().join("root"),
+            dev_root: dir.path().join("dev"),
+        };
+        std::fs::create_dir_all(roots.sysfs_root.join("sys/bus/pci/devices/0000:c1:00.0/vfio-dev/vfio7")).unwrap();
+        std::fs::create_dir_all(&roots.dev_root).unwrap();
+        std::fs::write(roots.dev_root.join("iommu"), "").unwrap();
+        let d = device("0000:c1:00.0", 5, Some(0), None);
+        let r = container_response("amd.com/x", &[&d], &roots);
+        let paths: Vec<&str> = r.devices.iter().map(|s| s.container_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/dev/vfio/vfio",
+                "/dev/vfio/5",
+                "/dev/iommu",
+                "/dev/vfio/devices/vfio7",
+                "/dev/dax5.0"
+            ]
+        );
+        assert_eq!(
+            r.devices[3].host_path,
+            format!("{}/vfio/devices/vfio7", roots.dev_root.display())
         );
     }
 }

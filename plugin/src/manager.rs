@@ -33,6 +33,9 @@ pub trait InventorySource: Send + Sync {
     fn discover(&self, discovery: &topology::DiscoveryConfig) -> Result<Inventory, String>;
 }
 
+/// How long device-node events are coalesced before the refresh they trigger.
+pub const REFRESH_DEBOUNCE: Duration = Duration::from_millis(20);
+
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -43,11 +46,14 @@ pub enum ManagerError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WatchKind {
-    DevicePluginDir,
-    RegistryDir,
+enum WatchedDir {
+    DevicePlugins,
+    Registry,
+    /// `<dev>/vfio`: every change matters.
+    Vfio,
+    /// `<dev>`: only `iommu` and `dax*` matter (a real /dev sees many unrelated events).
     Dev,
-    ConfigDir,
+    Config,
 }
 
 struct Served {
@@ -143,23 +149,23 @@ impl Manager {
         }
     }
 
-    fn setup_inotify(&self) -> Result<(Inotify, HashMap<WatchDescriptor, WatchKind>), ManagerError> {
+    fn setup_inotify(&self) -> Result<(Inotify, HashMap<WatchDescriptor, WatchedDir>), ManagerError> {
         let inotify = Inotify::init().map_err(ManagerError::Inotify)?;
         let mut kinds = HashMap::new();
         let dir_mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM;
-        let mut watches: Vec<(PathBuf, WatchKind, WatchMask)> = vec![
+        let mut watches: Vec<(PathBuf, WatchedDir, WatchMask)> = vec![
             (
                 self.settings.device_plugin_dir.clone(),
-                WatchKind::DevicePluginDir,
+                WatchedDir::DevicePlugins,
                 dir_mask,
             ),
-            (self.settings.dev_root.join("vfio"), WatchKind::Dev, dir_mask),
-            (self.settings.dev_root.clone(), WatchKind::Dev, dir_mask),
+            (self.settings.dev_root.join("vfio"), WatchedDir::Vfio, dir_mask),
+            (self.settings.dev_root.clone(), WatchedDir::Dev, dir_mask),
         ];
         if self.mode == RegistrationMode::PluginWatcher {
             watches.push((
                 self.settings.plugins_registry_dir.clone(),
-                WatchKind::RegistryDir,
+                WatchedDir::Registry,
                 dir_mask,
             ));
         }
@@ -171,7 +177,7 @@ impl Manager {
             };
             watches.push((
                 dir.to_path_buf(),
-                WatchKind::ConfigDir,
+                WatchedDir::Config,
                 dir_mask | WatchMask::CLOSE_WRITE | WatchMask::MODIFY,
             ));
         }
@@ -201,6 +207,8 @@ impl Manager {
         self.refresh().await;
         let mut next_poll = Instant::now() + self.settings.poll_interval;
         let mut inotify_alive = true;
+        // Device-node events are coalesced briefly so a burst causes one refresh.
+        let mut pending_refresh: Option<Instant> = None;
         loop {
             self.metrics.tick();
             self.registration_pass().await;
@@ -210,6 +218,7 @@ impl Manager {
                 .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
                 .map(|s| s.next_attempt)
                 .chain([next_poll])
+                .chain(pending_refresh)
                 .min()
                 .unwrap_or(next_poll);
             enum Wake {
@@ -226,12 +235,13 @@ impl Manager {
                 () = any_status_change(receivers) => Wake::Other,
                 () = tokio::time::sleep_until(deadline) => Wake::Other,
             };
-            let mut refresh_now = false;
             match wake {
                 Wake::Stop => break,
                 Wake::Event(Some(Ok(event))) => {
                     let kind = kinds.get(&event.wd).copied();
-                    refresh_now = self.on_event(kind, event.mask, event.name).await;
+                    if self.on_event(kind, event.mask, event.name).await {
+                        pending_refresh.get_or_insert_with(|| Instant::now() + REFRESH_DEBOUNCE);
+                    }
                 }
                 Wake::Event(Some(Err(error))) => warn!(%error, "inotify read failed; relying on the poll"),
                 Wake::Event(None) => {
@@ -240,13 +250,15 @@ impl Manager {
                 }
                 Wake::Other => {}
             }
-            if Instant::now() >= next_poll {
+            let now = Instant::now();
+            let poll_due = now >= next_poll;
+            if poll_due {
                 self.poll_sockets();
                 self.check_config().await;
-                refresh_now = true;
-                next_poll = Instant::now() + self.settings.poll_interval;
+                next_poll = now + self.settings.poll_interval;
             }
-            if refresh_now {
+            if poll_due || pending_refresh.is_some_and(|at| now >= at) {
+                pending_refresh = None;
                 self.refresh().await;
             }
         }
@@ -255,11 +267,11 @@ impl Manager {
     }
 
     /// Handles one inotify event; returns whether a refresh is due.
-    async fn on_event(&mut self, kind: Option<WatchKind>, mask: EventMask, name: Option<OsString>) -> bool {
+    async fn on_event(&mut self, kind: Option<WatchedDir>, mask: EventMask, name: Option<OsString>) -> bool {
         let name = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         debug!(?kind, ?mask, %name, "inotify event");
         match kind {
-            Some(WatchKind::DevicePluginDir) => {
+            Some(WatchedDir::DevicePlugins) => {
                 let created = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
                 if name == KUBELET_SOCKET && created {
                     self.check_kubelet("kubelet.sock created");
@@ -273,15 +285,16 @@ impl Manager {
                 self.poll_sockets();
                 false
             }
-            Some(WatchKind::RegistryDir) => {
+            Some(WatchedDir::Registry) => {
                 self.poll_sockets();
                 false
             }
-            Some(WatchKind::ConfigDir) => {
+            Some(WatchedDir::Config) => {
                 self.check_config().await;
                 false
             }
-            Some(WatchKind::Dev) => true,
+            Some(WatchedDir::Vfio) => true,
+            Some(WatchedDir::Dev) => name == "iommu" || name == "vfio" || name.starts_with("dax"),
             None => false,
         }
     }

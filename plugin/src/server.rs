@@ -297,3 +297,67 @@ impl SocketServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::resources::RegionInfo;
+    use topology::PciAddress;
+
+    fn device(addr: &str, cpu_node: Option<u32>) -> DeviceInfo {
+        DeviceInfo {
+            id: addr.into(),
+            gpu: PciAddress::parse(addr).unwrap(),
+            vendor: "1002".into(),
+            device: "74a1".into(),
+            driver: Some("vfio-pci".into()),
+            iommu_group: Some(1),
+            cpu_node,
+            peer_group: None,
+            regions: vec![RegionInfo {
+                id: format!("{addr}/node5"),
+                host_node: Some(5),
+                size_bytes: 1,
+                dax: None,
+                online: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn list_leaves_topology_out_when_the_cpu_node_is_unknown_and_reports_health() {
+        let mut snapshot = Snapshot::default();
+        for d in [
+            device("0000:01:00.0", Some(1)),
+            device("0000:02:00.0", None),
+            device("0000:03:00.0", Some(0)),
+        ] {
+            snapshot.devices.insert(d.id.clone(), d);
+        }
+        snapshot.verdicts.insert("0000:01:00.0".into(), None);
+        snapshot.verdicts.insert("0000:02:00.0".into(), None);
+        snapshot.verdicts.insert("0000:03:00.0".into(), Some("gone".into()));
+        let list = snapshot.list();
+        let got: Vec<(&str, &str, Option<Vec<i64>>)> = list
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.id.as_str(),
+                    d.health.as_str(),
+                    d.topology.as_ref().map(|t| t.nodes.iter().map(|n| n.id).collect()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0000:01:00.0", "Healthy", Some(vec![1])),
+                ("0000:02:00.0", "Healthy", None),
+                ("0000:03:00.0", "Unhealthy", Some(vec![0])),
+            ]
+        );
+        assert_eq!(snapshot.counts(), (2, 1));
+    }
+}

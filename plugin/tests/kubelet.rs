@@ -286,7 +286,7 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
 
     // Rebind, and wake the plugin through /dev (watched with inotify): healthy again.
     fixture::bind_driver(&host.root, gpu, Some("vfio-pci")).unwrap();
-    std::fs::write(host.dev.join("wake"), "").unwrap();
+    std::fs::write(host.dev.join("vfio/wake"), "").unwrap();
     let update = watch.next().await;
     assert!(update.devices.iter().all(|d| d.health == "Healthy"), "{update:?}");
 }
