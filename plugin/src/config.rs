@@ -23,8 +23,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RegistrationMode {
-    /// `kubelet-socket` when `kubelet.sock` exists at start, else `plugin-watcher` when the
-    /// plugins registry directory exists, else `kubelet-socket` (waiting for the kubelet).
+    /// `plugin-watcher` when the plugins registry directory exists, else `kubelet-socket`.
     Auto,
     /// Dial `<device-plugin-dir>/kubelet.sock` and call `Register`.
     KubeletSocket,
