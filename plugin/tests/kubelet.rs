@@ -369,3 +369,59 @@ async fn sigterm_stops_servers_and_removes_sockets() {
     );
     assert!(plugin.log_text().contains("SIGTERM received"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_size_change_is_unhealthy_until_restored_and_an_unplugged_gpu_leaves_the_list() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let _plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let reg = kubelet.next_registration().await;
+    let mut client = kubelet.dial(&reg.endpoint).await;
+    let mut watch = Watch::open(&mut client).await;
+    assert!(watch.next().await.devices.iter().all(|d| d.health == "Healthy"));
+
+    let size = host.root.join("sys/bus/dax/devices/dax1.0/size");
+    let original = std::fs::read_to_string(&size).unwrap();
+    std::fs::write(&size, format!("{}\n", 32u64 << 30)).unwrap();
+    let update = watch
+        .until("c1 unhealthy", |u| u.devices.iter().any(|d| d.health == "Unhealthy"))
+        .await;
+    assert_eq!(
+        health(&update),
+        [
+            ("0000:41:00.0".to_string(), "Healthy".to_string()),
+            ("0000:c1:00.0".to_string(), "Unhealthy".to_string())
+        ]
+    );
+    let err = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["0000:c1:00.0".into()],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .ends_with("changed size from 68719476736 to 34359738368 bytes"),
+        "{}",
+        err.message()
+    );
+    std::fs::write(&size, original).unwrap();
+    watch
+        .until("c1 healthy", |u| u.devices.iter().all(|d| d.health == "Healthy"))
+        .await;
+
+    fixture::remove_pci_function(&host.root, topology::PciAddress::parse("0000:c1:00.0").unwrap()).unwrap();
+    let update = watch.until("c1 gone", |u| u.devices.len() == 1).await;
+    assert_eq!(health(&update), [("0000:41:00.0".to_string(), "Healthy".to_string())]);
+    let err = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["0000:c1:00.0".into()],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
