@@ -126,3 +126,22 @@ fn config_file_errors_name_the_file() {
         .to_string();
     assert!(e.contains("absent.yaml: unreadable"), "{e}");
 }
+
+#[test]
+fn configured_node_out_of_range_is_unhealthy() {
+    let d = write(&fixture::seed_amd());
+    let c = cfg("discovery:\n  gpus:\n    - gpu: \"0000:c1:00.0\"\n      nodes: [50]\n");
+    let inv = discover(d.path(), &c).unwrap();
+    assert_eq!(ids(&inv), vec!["0000:c1:00.0/node50"]);
+    let nodes = d.path().join("sys/devices/system/node");
+    assert_eq!(
+        inv.regions[0].reason.as_deref(),
+        Some(
+            format!(
+                "node 50 has no memory ({0}/node50/meminfo) and no SRAT range gives its size; node 50 is out of range ({0}/possible)",
+                nodes.display()
+            )
+            .as_str()
+        )
+    );
+}

@@ -171,3 +171,14 @@ fn emulated_host_srat_maps_pxm_the_way_the_kernel_did() {
         (0x2000_0000, 0x2000_0000, true, false)
     );
 }
+
+#[test]
+fn this_machines_real_sysfs_is_read() {
+    // The real kernfs of the machine running the tests: every online node is reported.
+    let inv = run(std::path::Path::new("/"));
+    let online = std::fs::read_to_string("/sys/devices/system/node/online").unwrap();
+    let want = topology::sysfs::parse_list(&online).unwrap();
+    let got: Vec<u32> = inv.nodes.iter().filter(|n| n.online).map(|n| n.id).collect();
+    assert_eq!(got, want);
+    assert!(inv.nodes.iter().any(|n| !n.cpus.is_empty() && n.mem_total_bytes > 0));
+}
