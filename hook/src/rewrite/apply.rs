@@ -40,6 +40,13 @@ impl Policy {
     }
 }
 
+/// An ASCII XML name (a namespace prefix the rewriter writes element names with).
+pub(crate) fn is_xml_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Parses a libvirt number attribute the way libvirt does (C `strtoul` base 0: `0x1f` hex,
 /// `017` octal, `31` decimal).
 fn parse_num(s: &str) -> Option<u64> {
@@ -698,7 +705,10 @@ pub(crate) fn apply(
     }
     let qp = match qprefix.as_deref() {
         Some("") | None => String::new(),
-        Some(p) => format!("{p}:"),
+        Some(p) if is_xml_name(p) => format!("{p}:"),
+        Some(p) => {
+            return Err(invalid(doc, root, format!("namespace prefix {p:?} is not an XML name")));
+        }
     };
 
     let total = all_sizes

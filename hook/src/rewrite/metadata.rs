@@ -100,6 +100,9 @@ fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
     }
     let name = doc.name(idx);
     let prefix = name.split_once(':').map_or("", |(p, _)| p);
+    if !prefix.is_empty() && !super::apply::is_xml_name(prefix) {
+        return false;
+    }
     let wanted = if prefix.is_empty() {
         "xmlns".to_string()
     } else {
