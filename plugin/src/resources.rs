@@ -178,9 +178,19 @@ pub fn diff(old: &BTreeMap<String, Resource>, new: &BTreeMap<String, Resource>) 
     d
 }
 
-/// The socket file name of a resource: `hbm-<name with '/' as '_'>.sock`.
+/// The socket file name of a resource: `hbm-<name with '/' as '_'>.sock`. Names that would make
+/// the file name longer than 64 characters (unix socket paths are limited to 107 bytes) are cut
+/// to 40 characters plus a stable 16-hex-digit FNV-1a hash of the whole name.
 pub fn socket_name(resource: &str) -> String {
-    format!("hbm-{}.sock", resource.replace('/', "_"))
+    let stem = resource.replace('/', "_");
+    if stem.len() + 9 <= 64 {
+        return format!("hbm-{stem}.sock");
+    }
+    let hash = resource.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let cut: String = stem.chars().take(40).collect();
+    format!("hbm-{cut}-{hash:016x}.sock")
 }
 
 /// The env-var suffix of a resource as KubeVirt computes it: upper-cased, '.' and '/' replaced
@@ -323,6 +333,15 @@ mod tests {
     #[test]
     fn names_of_sockets_and_env_vars() {
         assert_eq!(socket_name("amd.com/mi300x-hbm"), "hbm-amd.com_mi300x-hbm.sock");
+        let long = format!("{}.example.com/{}", "a".repeat(60), "b".repeat(63));
+        let name = socket_name(&long);
+        assert_eq!(name.len(), 4 + 40 + 1 + 16 + 5);
+        assert!(
+            name.starts_with(&format!("hbm-{}-", "a".repeat(40))) && name.ends_with(".sock"),
+            "{name}"
+        );
+        assert_eq!(name, socket_name(&long), "stable");
+        assert_ne!(name, socket_name(&format!("{long}c")));
         assert_eq!(env_suffix("amd.com/mi300x-hbm"), "AMD_COM_MI300X-HBM");
     }
 }
