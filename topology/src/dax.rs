@@ -121,7 +121,7 @@ pub fn scan(fs: &Sysfs) -> DaxScan {
                 if m == "mapping0" {
                     first_start = Some(s);
                 }
-                mapped = Some(mapped.unwrap_or(0).saturating_add(e - s + 1));
+                mapped = Some(mapped.unwrap_or(0).saturating_add((e - s).saturating_add(1)));
             }
         }
         // `resource` is root-only (0400); unprivileged reads fail or read 0.

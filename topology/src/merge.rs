@@ -85,7 +85,7 @@ fn node_size(facts: &Facts, node: u32) -> Option<u64> {
         return Some(m);
     }
     let srat = facts.srat.as_ref()?;
-    let total: u64 = srat.memory_of_node(node).map(|m| m.length).sum();
+    let total = srat.memory_of_node(node).fold(0u64, |a, m| a.saturating_add(m.length));
     (total > 0).then_some(total)
 }
 

@@ -362,3 +362,30 @@ fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+#[test]
+fn extreme_addresses_and_lengths_do_not_overflow() {
+    // A dax mapping spanning the whole address space, and SRAT ranges whose lengths add past 2^64.
+    let d = seed();
+    fs::write(d.path().join(DAX).join("mapping0/start"), "0x0\n").unwrap();
+    fs::write(d.path().join(DAX).join("mapping0/end"), "0xffffffffffffffff\n").unwrap();
+    let srat = topology::fixture::SratBuilder::new()
+        .lapic(0, 0)
+        .generic_initiator_pci(1, pci("0000:c1:00.0"), true)
+        .memory(1, u64::MAX - 1, u64::MAX, topology::fixture::MEM_ENABLED)
+        .memory(1, 0, u64::MAX, topology::fixture::MEM_ENABLED)
+        .build();
+    fs::write(d.path().join("sys/firmware/acpi/tables/SRAT"), srat).unwrap();
+    let inv = run(d.path());
+    let r = region(&inv, "0000:c1:00.0/dax0.0");
+    assert_eq!(r.health, Health::Unhealthy);
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap()
+            .contains("mapping*: ranges cover 18446744073709551615 bytes but size says 68719476736")
+    );
+    fixture::remove_dax_device(d.path(), "dax0.0").unwrap();
+    let inv = run(d.path());
+    assert_eq!(region(&inv, "0000:c1:00.0/node1").size_bytes, u64::MAX);
+}
