@@ -45,6 +45,16 @@ pub struct Selector {
     pub devices: Vec<String>,
 }
 
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines with `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line (fields, span, level, timestamp).
+    Json,
+}
+
 /// One resource rule as written in the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -128,6 +138,9 @@ pub struct RunArgs {
     /// Health/inventory poll interval, e.g. `500ms`, `2s` [default: 1s]
     #[arg(long, env = "HBM_HEALTH_POLL_INTERVAL")]
     pub health_poll_interval: Option<String>,
+    /// Log line format on stderr (flag or env only; the filter comes from RUST_LOG)
+    #[arg(long, value_enum, env = "HBM_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     /// Domain of the Node labels and annotation [default: hbm-passthrough.dev]
     #[arg(long, env = "HBM_LABEL_DOMAIN")]
     pub label_domain: Option<String>,

@@ -317,12 +317,34 @@ async fn a_rule_that_matches_nothing_is_logged_and_the_rest_is_served() {
     let mut args = host.args();
     args.push(format!("--config={}", config.display()));
     args.push(format!("--metrics-addr={metrics}"));
+    args.push("--log-format=json".into());
     let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.resource_name, "amd.com/gpu-74a1-hbm");
     let text = http_get(metrics, "/metrics").await.1;
     assert!(text.lines().any(|l| l == "hbm_plugin_resource_problems 1"), "{text}");
-    assert!(plugin.log_text().contains(
+    // Structured logs: one JSON object per line, the problem in its own field. The kubelet sees
+    // Register before the plugin logs its answer: wait for that line.
+    guarded("the registration log line", async {
+        while !plugin.log_text().contains("registered with the kubelet") {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let log = plugin.log_text();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let problem = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "resource problem")
+        .expect("a resource problem line");
+    assert_eq!(problem["level"], "WARN");
+    assert_eq!(
+        problem["fields"]["problem"],
         "resource rule \"example.com/h100\" (vendor 10de, devices [\"2330\"]) matches no GPU with HBM on this host"
-    ));
+    );
+    let registered = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "registered with the kubelet")
+        .unwrap();
+    assert_eq!(registered["fields"]["resource"], "amd.com/gpu-74a1-hbm");
 }
