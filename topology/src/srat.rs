@@ -3,7 +3,7 @@
 //!
 //! Layout (little endian): 36-byte header (signature, length u32 @4, checksum @9), table
 //! revision u32 @36, reserved u64 @40, subtables from 48 (type u8, length u8).
-//! - 0 LAPIC: PD[7:0] @2, flags @4 (bit0 enabled), PD[31:8] @9..12.
+//! - 0 LAPIC: PD bits 7:0 @2, flags @4 (bit0 enabled), PD bits 31:8 @9..12.
 //! - 1 Memory: PD u32 @2, base u64 @8, length u64 @16, flags u32 @28 (bit0 enabled, bit1
 //!   hot-pluggable, bit2 non-volatile, bit3 specific-purpose).
 //! - 2 x2APIC: PD u32 @4, flags @12. 3 GICC: PD u32 @2, flags @10. 7 RINTC: PD u32 @4, flags @8.
