@@ -53,15 +53,29 @@ impl MemmapType {
 /// One change to libvirt's argv for guest NUMA cell `cell`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Instruction {
-    MemmapType { cell: u32, size_bytes: u64, memmap: MemmapType },
-    SpMem { cell: u32, size_bytes: u64 },
-    Dax { cell: u32, size_bytes: u64, path: String, align: u64 },
+    MemmapType {
+        cell: u32,
+        size_bytes: u64,
+        memmap: MemmapType,
+    },
+    SpMem {
+        cell: u32,
+        size_bytes: u64,
+    },
+    Dax {
+        cell: u32,
+        size_bytes: u64,
+        path: String,
+        align: u64,
+    },
 }
 
 impl Instruction {
     pub fn cell(&self) -> u32 {
         match self {
-            Instruction::MemmapType { cell, .. } | Instruction::SpMem { cell, .. } | Instruction::Dax { cell, .. } => *cell,
+            Instruction::MemmapType { cell, .. } | Instruction::SpMem { cell, .. } | Instruction::Dax { cell, .. } => {
+                *cell
+            }
         }
     }
 }
@@ -91,19 +105,32 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, InstructionError> {
     let mut out = Vec::new();
     for part in parts.filter(|p| !p.is_empty()) {
         let (kind, fields) = part.split_once(':').unwrap_or((part, ""));
-        let field_err = |why: String| InstructionError::Field { kind: kind.to_string(), why };
+        let field_err = |why: String| InstructionError::Field {
+            kind: kind.to_string(),
+            why,
+        };
         let mut cell = None;
         let mut size = None;
         let mut memmap = None;
         let mut path = None;
         let mut align = None;
         for kv in fields.split(',').filter(|f| !f.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| field_err(format!("field {kv:?} is not key=value")))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| field_err(format!("{k}={v:?} is not a number")));
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| field_err(format!("field {kv:?} is not key=value")))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| field_err(format!("{k}={v:?} is not a number")))
+            };
             match k {
                 "cell" => cell = Some(u32::try_from(num(v)?).map_err(|_| field_err(format!("cell={v} out of range")))?),
                 "size" => size = Some(num(v)?),
-                "type" => memmap = Some(MemmapType::parse(v).ok_or_else(|| field_err(format!("type={v:?} (expected spm, reserved or normal)")))?),
+                "type" => {
+                    memmap = Some(
+                        MemmapType::parse(v)
+                            .ok_or_else(|| field_err(format!("type={v:?} (expected spm, reserved or normal)")))?,
+                    )
+                }
                 "path" => path = Some(v.to_string()),
                 "align" => align = Some(num(v)?),
                 _ => return Err(field_err(format!("unknown field {k:?}"))),
@@ -143,11 +170,20 @@ pub fn render(instructions: &[Instruction]) -> String {
 impl fmt::Display for Instruction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Instruction::MemmapType { cell, size_bytes, memmap } => {
+            Instruction::MemmapType {
+                cell,
+                size_bytes,
+                memmap,
+            } => {
                 write!(f, "memmap-type:cell={cell},size={size_bytes},type={}", memmap.as_str())
             }
             Instruction::SpMem { cell, size_bytes } => write!(f, "sp-mem:cell={cell},size={size_bytes}"),
-            Instruction::Dax { cell, size_bytes, path, align } => {
+            Instruction::Dax {
+                cell,
+                size_bytes,
+                path,
+                align,
+            } => {
                 write!(f, "dax:cell={cell},size={size_bytes},path={path},align={align}")
             }
         }
@@ -161,9 +197,21 @@ mod tests {
     #[test]
     fn round_trips() {
         let all = vec![
-            Instruction::MemmapType { cell: 1, size_bytes: 1 << 30, memmap: MemmapType::Spm },
-            Instruction::SpMem { cell: 2, size_bytes: 512 << 20 },
-            Instruction::Dax { cell: 3, size_bytes: 1 << 30, path: "/dev/dax0.0".into(), align: 2 << 20 },
+            Instruction::MemmapType {
+                cell: 1,
+                size_bytes: 1 << 30,
+                memmap: MemmapType::Spm,
+            },
+            Instruction::SpMem {
+                cell: 2,
+                size_bytes: 512 << 20,
+            },
+            Instruction::Dax {
+                cell: 3,
+                size_bytes: 1 << 30,
+                path: "/dev/dax0.0".into(),
+                align: 2 << 20,
+            },
         ];
         let wire = render(&all);
         assert_eq!(
@@ -176,10 +224,31 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        assert_eq!(parse("v2;sp-mem:cell=1,size=1"), Err(InstructionError::Version("v2".into())));
-        assert_eq!(parse("v1;frob:cell=1,size=1"), Err(InstructionError::UnknownKind("frob".into())));
-        assert!(parse("v1;sp-mem:cell=x,size=1").unwrap_err().to_string().contains("not a number"));
-        assert!(parse("v1;memmap-type:cell=1,size=1,type=odd").unwrap_err().to_string().contains("expected spm"));
-        assert!(parse("v1;dax:cell=1,size=1").unwrap_err().to_string().contains("missing path"));
+        assert_eq!(
+            parse("v2;sp-mem:cell=1,size=1"),
+            Err(InstructionError::Version("v2".into()))
+        );
+        assert_eq!(
+            parse("v1;frob:cell=1,size=1"),
+            Err(InstructionError::UnknownKind("frob".into()))
+        );
+        assert!(
+            parse("v1;sp-mem:cell=x,size=1")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
+        assert!(
+            parse("v1;memmap-type:cell=1,size=1,type=odd")
+                .unwrap_err()
+                .to_string()
+                .contains("expected spm")
+        );
+        assert!(
+            parse("v1;dax:cell=1,size=1")
+                .unwrap_err()
+                .to_string()
+                .contains("missing path")
+        );
     }
 }

@@ -25,12 +25,20 @@ pub struct PciAddressError {
 
 impl PciAddress {
     pub const fn new(domain: u16, bus: u8, device: u8, function: u8) -> Self {
-        Self { domain, bus, device, function }
+        Self {
+            domain,
+            bus,
+            device,
+            function,
+        }
     }
 
     /// Parses `DDDD:BB:SS.F` (also accepts `BB:SS.F`, domain 0). Hex digits in either case.
     pub fn parse(s: &str) -> Result<Self, PciAddressError> {
-        let err = |why| PciAddressError { input: s.to_string(), why };
+        let err = |why| PciAddressError {
+            input: s.to_string(),
+            why,
+        };
         let (rest, function) = s.rsplit_once('.').ok_or_else(|| err("missing '.function'"))?;
         let mut parts = rest.split(':').collect::<Vec<_>>();
         let domain = match parts.len() {
@@ -51,7 +59,12 @@ impl PciAddress {
         let bus = hex16(parts[0], 0xff, "bad bus")? as u8;
         let device = hex16(parts[1], 0x1f, "bad device (slot 00-1f)")? as u8;
         let function = hex16(function, 7, "bad function (0-7)")? as u8;
-        Ok(Self { domain, bus, device, function })
+        Ok(Self {
+            domain,
+            bus,
+            device,
+            function,
+        })
     }
 
     /// `devfn` as the PCI spec packs it: slot << 3 | function.
@@ -62,7 +75,11 @@ impl PciAddress {
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
     }
 }
 
@@ -101,7 +118,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "0000:c1:00", "0000:c1:20.0", "0000:c1:00.8", "x:y:z.0", "00000:00:00.0", "0:0:0:0.0"] {
+        for bad in [
+            "",
+            "0000:c1:00",
+            "0000:c1:20.0",
+            "0000:c1:00.8",
+            "x:y:z.0",
+            "00000:00:00.0",
+            "0:0:0:0.0",
+        ] {
             assert!(PciAddress::parse(bad).is_err(), "{bad} accepted");
         }
     }
