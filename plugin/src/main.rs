@@ -86,6 +86,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !settings.sysfs_root.join("sys").is_dir() {
+        eprintln!(
+            "hbm-device-plugin: --sysfs-root {} holds no sys/ directory (mount the host's /sys at <root>/sys and pass <root>)",
+            settings.sysfs_root.display()
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

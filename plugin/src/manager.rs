@@ -81,6 +81,8 @@ pub struct Manager {
     served: BTreeMap<String, Served>,
     labeler: Option<NodeLabeler>,
     problems: Vec<ResourceProblem>,
+    /// The last discovery error, logged once per distinct message.
+    discovery_error: Option<String>,
     inventory: Option<Inventory>,
     /// Identity of the `kubelet.sock` last seen; a different one means the kubelet restarted.
     kubelet_seen: Option<Identity>,
@@ -131,6 +133,7 @@ impl Manager {
             served: BTreeMap::new(),
             labeler,
             problems: Vec::new(),
+            discovery_error: None,
             inventory: None,
             kubelet_seen: None,
             stop,
@@ -383,9 +386,17 @@ impl Manager {
     /// Re-discovers, re-derives, re-measures; starts/stops servers and publishes changes.
     pub async fn refresh(&mut self) {
         let inventory = match self.source.discover(&self.discovery) {
-            Ok(inventory) => inventory,
+            Ok(inventory) => {
+                if self.discovery_error.take().is_some() {
+                    info!("discovery works again");
+                }
+                inventory
+            }
             Err(error) => {
-                error!(%error, "discovery failed; keeping the previous inventory");
+                if self.discovery_error.as_deref() != Some(error.as_str()) {
+                    error!(%error, "discovery failed; keeping the previous inventory");
+                    self.discovery_error = Some(error);
+                }
                 match &self.inventory {
                     Some(previous) => previous.clone(),
                     None => Inventory::empty(self.settings.sysfs_root.to_string_lossy()),

@@ -293,6 +293,20 @@ async fn bad_config_and_bad_flags_exit_2_with_one_clear_line() {
         );
     }
     let mut args = host.args();
+    args.retain(|a| !a.starts_with("--sysfs-root"));
+    let missing = host.dir.path().join("nothing-here");
+    args.push(format!("--sysfs-root={}", missing.display()));
+    let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("bad.log"));
+    assert_eq!(plugin.wait().await, Some(2));
+    assert_eq!(
+        plugin.log_text().trim_end(),
+        format!(
+            "hbm-device-plugin: --sysfs-root {} holds no sys/ directory (mount the host's /sys at <root>/sys and pass <root>)",
+            missing.display()
+        )
+    );
+
+    let mut args = host.args();
     args.retain(|a| !a.starts_with("--health-poll-interval"));
     args.push("--health-poll-interval=5ms".into());
     let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("bad.log"));
