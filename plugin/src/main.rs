@@ -2,7 +2,8 @@
 //! Kubernetes device.
 //!
 //! Exit codes of `run`: 0 clean shutdown (SIGTERM/SIGINT), 1 runtime failure (cannot bind, no
-//! inotify, no Kubernetes client with --node-name), 2 bad flags or config.
+//! inotify, no Kubernetes client with --node-name), 2 bad flags or config, or a --sysfs-root
+//! without sys/.
 //! Exit codes of `discover`: 0 inventory printed, 2 unusable sysfs root or bad config.
 
 use std::path::PathBuf;
