@@ -138,6 +138,9 @@ pub struct RunArgs {
     /// Health/inventory poll interval, e.g. `500ms`, `2s` [default: 1s]
     #[arg(long, env = "HBM_HEALTH_POLL_INTERVAL")]
     pub health_poll_interval: Option<String>,
+    /// Do not use inotify; rely on the health poll alone (for filesystems without inotify)
+    #[arg(long, env = "HBM_NO_INOTIFY")]
+    pub no_inotify: bool,
     /// Log line format on stderr (flag or env only; the filter comes from RUST_LOG)
     #[arg(long, value_enum, env = "HBM_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -181,6 +184,8 @@ pub struct Settings {
     pub label_domain: String,
     pub rules: Vec<ResourceRule>,
     pub discovery: topology::DiscoveryConfig,
+    /// Watch directories with inotify (`false` with `--no-inotify`: the poll does everything).
+    pub inotify: bool,
 }
 
 /// Reads and validates a config file.
@@ -288,6 +293,7 @@ pub fn resolve(args: &RunArgs, loaded: LoadedConfig) -> Result<Settings, ConfigE
         label_domain,
         rules,
         discovery: file.discovery,
+        inotify: !args.no_inotify,
     })
 }
 

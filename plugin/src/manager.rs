@@ -155,6 +155,10 @@ impl Manager {
     fn setup_inotify(&self) -> Result<(Inotify, HashMap<WatchDescriptor, WatchedDir>), ManagerError> {
         let inotify = Inotify::init().map_err(ManagerError::Inotify)?;
         let mut kinds = HashMap::new();
+        if !self.settings.inotify {
+            info!("inotify off (--no-inotify): every change waits for the poll");
+            return Ok((inotify, kinds));
+        }
         let dir_mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM;
         let mut watches: Vec<(PathBuf, WatchedDir, WatchMask)> = vec![
             (

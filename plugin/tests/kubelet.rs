@@ -425,3 +425,36 @@ async fn region_size_change_is_unhealthy_until_restored_and_an_unplugged_gpu_lea
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_inotify_the_poll_alone_catches_kubelet_restarts_and_health() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let mut args = host.args();
+    args.push("--no-inotify".into());
+    let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
+    kubelet.next_registration().await;
+    for round in 1..=3 {
+        kubelet.restart().await;
+        let (reg, mut watch, _) = kubelet.next_working_registration().await;
+        assert_eq!((round, reg.resource_name.as_str()), (round, RESOURCE));
+        assert_eq!(watch.next().await.devices.len(), 2);
+    }
+    let (_, mut watch, _) = {
+        kubelet.restart().await;
+        kubelet.next_working_registration().await
+    };
+    std::fs::remove_file(host.dev.join("dax1.0")).unwrap();
+    let update = watch
+        .until("c1 unhealthy", |u| u.devices.iter().any(|d| d.health == "Unhealthy"))
+        .await;
+    assert_eq!(
+        health(&update),
+        [
+            ("0000:41:00.0".to_string(), "Healthy".to_string()),
+            ("0000:c1:00.0".to_string(), "Unhealthy".to_string())
+        ]
+    );
+    assert!(plugin.log_text().contains("inotify off (--no-inotify)"));
+    assert!(plugin.log_text().contains("kubelet.sock replaced (poll)"));
+}
