@@ -4,6 +4,8 @@
 //!   adapter (`hbm-qemu` symlink to the built `hbm-hook`) that execs `/bin/true` with a libvirt-size
 //!   argv and no instructions; the difference is the pass-through overhead (goal: < 2 ms).
 //!   `exec/env_true` (`/usr/bin/env /bin/true ...`) is the floor for any exec wrapper.
+//!   `exec/adapter_config_true`: the same with the emulator named by a config file (YAML parse),
+//!   as on a libvirt host.
 //! - `exec/adapter_dax_true`: the same with one dax instruction (a character device check, a
 //!   cached probe lookup, the transform, then exec).
 //! - `probe/cached_lookup`: [`probe::cached`] of the real QEMU after one real probe (goal: < 100 µs).
@@ -68,6 +70,23 @@ fn benches(c: &mut Criterion) {
                 .args(&argv)
                 .env("HBM_QEMU_EMULATOR", "/bin/true")
                 .env("HBM_PROBE_CACHE_DIR", &cache)
+                .env_remove("HBM_QEMU_INSTRUCTIONS"))
+        })
+    });
+    // As on a libvirt host: libvirt clears the environment, the config file names the emulator.
+    let config = dir.path().join("hook.yaml");
+    std::fs::write(
+        &config,
+        format!("qemu:\n  emulator: /bin/true\n  probe_cache_dir: {}\n", cache.display()),
+    )
+    .unwrap();
+    g.bench_function("adapter_config_true", |b| {
+        b.iter(|| {
+            run(Command::new(&adapter)
+                .args(&argv)
+                .env("HBM_HOOK_CONFIG", &config)
+                .env_remove("HBM_QEMU_EMULATOR")
+                .env_remove("HBM_PROBE_CACHE_DIR")
                 .env_remove("HBM_QEMU_INSTRUCTIONS"))
         })
     });
