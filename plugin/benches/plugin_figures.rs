@@ -124,6 +124,7 @@ async fn main() {
     let roots = plugin::health::HealthRoots {
         sysfs_root: host.root.clone(),
         dev_root: host.dev.clone(),
+        host_dev_root: "/dev".into(),
     };
     let baseline = std::collections::BTreeMap::new();
     let mut own = Vec::with_capacity(5000);

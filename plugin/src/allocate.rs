@@ -56,7 +56,7 @@ pub fn regions_env_value(devices: &[&DeviceInfo]) -> String {
 fn spec(roots: &HealthRoots, container_path: &str) -> DeviceSpec {
     DeviceSpec {
         container_path: container_path.to_string(),
-        host_path: roots.dev_path(container_path).to_string_lossy().into_owned(),
+        host_path: roots.host_dev_path(container_path).to_string_lossy().into_owned(),
         permissions: "rw".to_string(),
     }
 }
@@ -188,7 +188,8 @@ mod tests {
     fn response_has_vfio_dax_specs_and_both_env_vars() {
         let roots = HealthRoots {
             sysfs_root: "/nonexistent".into(),
-            dev_root: "/hostdev".into(),
+            dev_root: "/nonexistent-dev".into(),
+            host_dev_root: "/hostdev".into(),
         };
         let a = device("0000:c1:00.0", 5, Some(0), None);
         let mut b = device("0000:c2:00.0", 5, Some(0), None);
@@ -265,6 +266,7 @@ mod tests {
         let roots = HealthRoots {
             sysfs_root: dir.path().join("root"),
             dev_root: dir.path().join("dev"),
+            host_dev_root: "/dev".into(),
         };
         std::fs::create_dir_all(roots.sysfs_root.join("sys/bus/pci/devices/0000:c1:00.0/vfio-dev/vfio7")).unwrap();
         std::fs::create_dir_all(&roots.dev_root).unwrap();
@@ -282,9 +284,6 @@ mod tests {
                 "/dev/dax5.0"
             ]
         );
-        assert_eq!(
-            r.devices[3].host_path,
-            format!("{}/vfio/devices/vfio7", roots.dev_root.display())
-        );
+        assert_eq!(r.devices[3].host_path, "/dev/vfio/devices/vfio7");
     }
 }

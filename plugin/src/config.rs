@@ -86,6 +86,7 @@ pub struct FileConfig {
     pub registration: Option<RegistrationMode>,
     pub sysfs_root: Option<PathBuf>,
     pub dev_root: Option<PathBuf>,
+    pub host_dev_root: Option<PathBuf>,
     pub node_name: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
     /// Duration such as `500ms` or `2s`.
@@ -126,6 +127,10 @@ pub struct RunArgs {
     /// Where vfio/<group>, iommu and dax devices live [default: /dev]
     #[arg(long, env = "HBM_DEV_ROOT")]
     pub dev_root: Option<PathBuf>,
+    /// Where the same device nodes live on the host, as the kubelet sees them: the host_path
+    /// of the device specs Allocate returns (set it when --dev-root is a mount of the host's /dev) [default: /dev]
+    #[arg(long, env = "HBM_HOST_DEV_ROOT")]
+    pub host_dev_root: Option<PathBuf>,
     /// YAML config file (resource rules and any of these settings); hot-reloaded
     #[arg(long, env = "HBM_CONFIG")]
     pub config: Option<PathBuf>,
@@ -177,6 +182,7 @@ pub struct Settings {
     pub registration: RegistrationMode,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
+    pub host_dev_root: PathBuf,
     pub config_path: Option<PathBuf>,
     pub node_name: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
@@ -285,6 +291,11 @@ pub fn resolve(args: &RunArgs, loaded: LoadedConfig) -> Result<Settings, ConfigE
             .dev_root
             .clone()
             .or(file.dev_root)
+            .unwrap_or_else(|| PathBuf::from("/dev")),
+        host_dev_root: args
+            .host_dev_root
+            .clone()
+            .or(file.host_dev_root)
             .unwrap_or_else(|| PathBuf::from("/dev")),
         config_path: args.config.clone(),
         node_name: args.node_name.clone().or(file.node_name),
@@ -416,6 +427,28 @@ fn validate_dns_subdomain(domain: &str) -> Result<(), &'static str> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn host_dev_root_defaults_to_dev_whatever_the_dev_root() {
+        let args = RunArgs {
+            dev_root: Some("/host/dev".into()),
+            ..RunArgs::default()
+        };
+        let s = resolve(&args, parse_file(Path::new("c.yaml"), "").unwrap()).unwrap();
+        assert_eq!(s.dev_root, PathBuf::from("/host/dev"));
+        assert_eq!(s.host_dev_root, PathBuf::from("/dev"));
+        let file = parse_file(Path::new("c.yaml"), "hostDevRoot: /file/dev\n").unwrap();
+        assert_eq!(
+            resolve(&RunArgs::default(), file).unwrap().host_dev_root,
+            PathBuf::from("/file/dev")
+        );
+        let args = RunArgs {
+            host_dev_root: Some("/flag/dev".into()),
+            ..RunArgs::default()
+        };
+        let file = parse_file(Path::new("c.yaml"), "hostDevRoot: /file/dev\n").unwrap();
+        assert_eq!(resolve(&args, file).unwrap().host_dev_root, PathBuf::from("/flag/dev"));
+    }
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {

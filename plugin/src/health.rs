@@ -15,8 +15,12 @@ use crate::resources::DeviceInfo;
 pub struct HealthRoots {
     /// Root holding `sys/` (`/` on a real host).
     pub sysfs_root: PathBuf,
-    /// Where `vfio/`, `iommu` and dax devices live (`/dev` on a real host).
+    /// Where `vfio/`, `iommu` and dax devices live as this process sees them (`/dev` on a real
+    /// host, e.g. `/host/dev` in a pod that mounts the host's `/dev` there).
     pub dev_root: PathBuf,
+    /// Where the same device nodes live as the kubelet (the host) sees them: the `host_path` of
+    /// every `DeviceSpec` handed out by Allocate (`/dev` unless the host itself is unusual).
+    pub host_dev_root: PathBuf,
 }
 
 /// Result of measuring one device: `None` when healthy, else why not (names the file or
@@ -35,6 +39,15 @@ impl HealthRoots {
             .unwrap_or(dev_path)
             .trim_start_matches('/');
         self.dev_root.join(relative)
+    }
+
+    /// Path of a `/dev/...` path as the host sees it (`/dev/dax0.0` -> `<host_dev_root>/dax0.0`).
+    pub fn host_dev_path(&self, dev_path: &str) -> PathBuf {
+        let relative = dev_path
+            .strip_prefix("/dev/")
+            .unwrap_or(dev_path)
+            .trim_start_matches('/');
+        self.host_dev_root.join(relative)
     }
 
     /// `<dev_root>/vfio/<group>`.
@@ -177,6 +190,7 @@ mod tests {
         let roots = HealthRoots {
             sysfs_root: dir.path().join("root"),
             dev_root: dir.path().join("dev"),
+            host_dev_root: "/dev".into(),
         };
         let pci = roots.sysfs_root.join("sys/bus/pci/devices/0000:c1:00.0");
         std::fs::create_dir_all(&pci).unwrap();

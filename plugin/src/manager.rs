@@ -121,6 +121,7 @@ impl Manager {
             roots: HealthRoots {
                 sysfs_root: settings.sysfs_root.clone(),
                 dev_root: settings.dev_root.clone(),
+                host_dev_root: settings.host_dev_root.clone(),
             },
             rules: settings.rules.clone(),
             label_domain: settings.label_domain.clone(),
