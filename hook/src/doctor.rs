@@ -239,9 +239,24 @@ pub fn evaluate(f: &HostFacts) -> Vec<Check> {
             gib(r.size_bytes),
             r.source.as_str()
         );
-        match r.health {
-            Health::Healthy => out.push(Check::pass(name, detail)),
-            Health::Unhealthy => out.push(Check::fail(
+        // Memory reachable only through its dax device needs that device in devdax mode, else
+        // /dev/daxX.Y does not exist and the adapter refuses the domain.
+        let dax_driver = r.dax.as_deref().filter(|_| !r.online).map(|path| {
+            let dev = path.rsplit('/').next().unwrap_or(path);
+            let driver = f.dax.iter().find(|d| d.name == dev).and_then(|d| d.driver.clone());
+            (dev, driver)
+        });
+        match (r.health, dax_driver) {
+            (Health::Healthy, Some((dev, driver))) if driver.as_deref() != Some("device_dax") => out.push(Check::fail(
+                name,
+                format!(
+                    "{detail}: {dev} is not in devdax mode (driver {})",
+                    driver.as_deref().unwrap_or("none")
+                ),
+                format!("`daxctl reconfigure-device --mode=devdax {dev}`; VMs get this memory through /dev/{dev}"),
+            )),
+            (Health::Healthy, _) => out.push(Check::pass(name, detail)),
+            (Health::Unhealthy, _) => out.push(Check::fail(
                 name,
                 format!(
                     "{detail}: unhealthy: {}",

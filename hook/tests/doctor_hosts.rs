@@ -242,6 +242,10 @@ fn what_is_missing_is_named_and_fails_the_run() {
         "warn  gpu 0000:c1:00.0  1002:74a1 bound to amdgpu, IOMMU group 12 -> bind it to vfio-pci (libvirt's managed='yes' does so at VM start; KubeVirt needs it bound beforehand)"
     );
     assert_eq!(
+        line("fail  hbm 0000:c1:00.0/dax0.0"),
+        "fail  hbm 0000:c1:00.0/dax0.0  64 GiB on host node 1 (SPM, from dax, /dev/dax0.0): dax0.0 is not in devdax mode (driver none) -> `daxctl reconfigure-device --mode=devdax dax0.0`; VMs get this memory through /dev/dax0.0"
+    );
+    assert_eq!(
         line("warn  dax dax0.0"),
         "warn  dax dax0.0  64 GiB, target node 1, driver none -> bind it: `daxctl reconfigure-device --mode=devdax dax0.0` (or --mode=system-ram)"
     );
@@ -265,7 +269,7 @@ fn what_is_missing_is_named_and_fails_the_run() {
         "warn  adapter  /nonexistent/hbm-qemu not installed -> domains using the memmap-type, sp-mem or dax instructions need it: run deploy/libvirt/install.sh"
     );
     assert!(report.ends_with(" failed\n"));
-    assert!(report.lines().last().unwrap().ends_with("2 failed"), "{report}");
+    assert!(report.lines().last().unwrap().ends_with("3 failed"), "{report}");
 }
 
 #[test]
