@@ -792,3 +792,20 @@ fn control_characters_are_not_white_space() {
     );
     assert!(out.xml.contains("<cell id='1' memory='1048576' unit='KiB'/>"));
 }
+
+#[test]
+fn self_closing_text_elements_get_their_text_inside() {
+    let xml = domain(1024, &hostdev(0x41))
+        .replace("<cmdline>console=ttyS0</cmdline>", "<cmdline/>")
+        .replace("  <devices>\n", "  <devices>\n    <emulator/>\n");
+    let inv = inventory(vec![region("0000:41:00.0", 0, 512 * MIB)]);
+    let out = rw(&xml, &inv, &RewriteOptions::default());
+    assert!(out.xml.contains("<cmdline>memmap=512M%1G-1+0xefffffff</cmdline>"));
+    let out = rw(&xml, &inv, &opts(Dialect::SpMem));
+    assert!(out.xml.contains("<emulator>/usr/local/bin/hbm-qemu</emulator>"));
+    // A memory element without an amount is bad input.
+    let xml = domain(1024, &hostdev(0x41)).replace("<memory unit='MiB'>1024</memory>", "<memory unit='MiB'/>");
+    assert_eq!(err(&xml, &inv, &opts(Dialect::None)).exit_code(), 2);
+    let xml = domain(1024, &hostdev(0x41)).replace("unit='MiB'", "unit='Gi<'");
+    assert_eq!(err(&xml, &inv, &opts(Dialect::None)).exit_code(), 2);
+}

@@ -246,6 +246,20 @@ impl<'d, 'a> Writer<'d, 'a> {
         self.edits.replace(start, end, text);
     }
 
+    /// Sets the text of element `idx` (a `<x/>` becomes `<x>text</x>`), recording how to put it back.
+    fn set_text(&mut self, idx: usize, path: &str, text: String) {
+        let e = &self.doc.elements[idx];
+        if e.self_closing {
+            let head = &self.doc.src[e.start..e.tag_end - 2];
+            let name = self.doc.name(idx);
+            let (s, en) = (e.start, e.end);
+            self.modify(idx, path, s, en, format!("{head}>{text}</{name}>"));
+        } else {
+            let (s, en) = self.doc.inner(idx);
+            self.modify(idx, path, s, en, text);
+        }
+    }
+
     fn child_indent(&self, parent: usize) -> String {
         if self.nl.is_empty() {
             return String::new();
@@ -717,6 +731,8 @@ pub(crate) fn apply(
         .ok_or_else(|| invalid(doc, memory.unwrap_or(root), "total guest memory overflows 64 bits"))?;
     for (el, path) in [(memory, "memory"), (current_memory, "currentMemory")] {
         let Some(el) = el else { continue };
+        // Checks the amount and unit (the new amount is written in the same unit when it divides).
+        amount(doc, el, None)?;
         let unit = doc.attr(el, "unit").map(|u| u.into_owned());
         let factor = unit_factor(unit.as_deref().unwrap_or("")).unwrap_or(1024);
         let (s, e) = doc.inner(el);
@@ -890,10 +906,7 @@ pub(crate) fn apply(
             let path = format!("devices/controller[type=pci][index={}]", t.expander_index);
             if let Some(target) = doc.child(e, "target") {
                 match doc.child(target, "node") {
-                    Some(node) => {
-                        let (s, en) = doc.inner(node);
-                        w.modify(node, &format!("{path}/target/node"), s, en, first.to_string());
-                    }
+                    Some(node) => w.set_text(node, &format!("{path}/target/node"), first.to_string()),
                     None => w.append(
                         target,
                         &format!("{path}/target"),
@@ -1068,8 +1081,7 @@ pub(crate) fn apply(
         match doc.child(devices, "emulator") {
             Some(em) => {
                 if doc.text(em) != options.adapter_path {
-                    let (s, en) = doc.inner(em);
-                    w.modify(em, "devices/emulator", s, en, adapter);
+                    w.set_text(em, "devices/emulator", adapter);
                     summary.push(format!("<emulator> set to the adapter {}", options.adapter_path));
                 }
             }
@@ -1113,7 +1125,7 @@ pub(crate) fn apply(
                 } else {
                     format!("{cur} {}", escape_text(&frag))
                 };
-                w.modify(cl, "os/cmdline", s, e, text);
+                w.set_text(cl, "os/cmdline", text);
             }
             None => w.append(
                 os,

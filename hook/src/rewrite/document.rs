@@ -97,11 +97,16 @@ impl<'a> Document<'a> {
                     let start = markup_start();
                     // quick-xml reads attributes lazily: check them now (syntax, duplicates).
                     for attr in e.attributes() {
-                        if let Err(err) = attr {
-                            return Err(RewriteError::Malformed {
-                                line: line_of(src, start),
-                                reason: format!("element <{}>: bad attribute: {err}", e.name().as_ref()),
-                            });
+                        let bad = |why: String| RewriteError::Malformed {
+                            line: line_of(src, start),
+                            reason: format!("element <{}>: bad attribute: {why}", e.name().as_ref()),
+                        };
+                        match attr {
+                            Err(err) => return Err(bad(err.to_string())),
+                            Ok(a) if a.value.contains('<') => {
+                                return Err(bad(format!("'<' in the value of {}", a.key.as_ref())));
+                            }
+                            Ok(_) => {}
                         }
                     }
                     let self_closing = matches!(event, Event::Empty(_));
