@@ -137,14 +137,17 @@ pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
 
 /// `hbm-hook qemu ...`. Returns only when QEMU was not exec'd.
 pub fn run(args: QemuArgs) -> ExitCode {
-    init_stderr_log();
-    match settings(&args).map_err(AdapterCommandError::from).and_then(|s| {
-        exec_adapted(
-            &s,
-            args.invoked_as.as_deref().unwrap_or(Path::new("hbm-hook")),
-            &args.args,
-        )
-    }) {
+    // Scoped, so the adapter logs the same way whether or not main set a global subscriber.
+    let outcome = tracing::dispatcher::with_default(&stderr_log(), || {
+        settings(&args).map_err(AdapterCommandError::from).and_then(|s| {
+            exec_adapted(
+                &s,
+                args.invoked_as.as_deref().unwrap_or(Path::new("hbm-hook")),
+                &args.args,
+            )
+        })
+    });
+    match outcome {
         Ok(never) => match never {},
         Err(e) => {
             // One line, the last on stderr: libvirt shows it as the start error.
@@ -155,16 +158,16 @@ pub fn run(args: QemuArgs) -> ExitCode {
 }
 
 /// Log lines go to stderr, which libvirt appends to the domain's log.
-fn init_stderr_log() {
+fn stderr_log() -> tracing::Dispatch {
     let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);
     // A directive filter only when asked for: the plain level filter keeps the start-up path short.
-    let _ = match std::env::var("HBM_LOG") {
-        Ok(spec) => fmt.with_env_filter(tracing_subscriber::EnvFilter::new(spec)).try_init(),
-        Err(_) => fmt.with_max_level(tracing::Level::INFO).try_init(),
-    };
+    match std::env::var("HBM_LOG") {
+        Ok(spec) => tracing::Dispatch::new(fmt.with_env_filter(tracing_subscriber::EnvFilter::new(spec)).finish()),
+        Err(_) => tracing::Dispatch::new(fmt.with_max_level(tracing::Level::INFO).finish()),
+    }
 }
 
 /// Shell-like rendering for the log: arguments with spaces or quotes are single-quoted.
@@ -194,7 +197,7 @@ fn exec_adapted(
 ) -> Result<Infallible, AdapterCommandError> {
     let emulator = &settings.emulator;
     let seen = render_argv(invoked_as, qemu_args);
-    tracing::info!(argv = %seen, "hbm-qemu: argv seen");
+    tracing::info!(pid = std::process::id(), argv = %seen, "hbm-qemu: argv seen");
     let wire = std::env::var(qemu_instructions::ENV_VAR).unwrap_or_default();
     let instructions = qemu_instructions::parse(&wire)?;
     refuse_self(emulator)?;

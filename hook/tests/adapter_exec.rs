@@ -274,6 +274,13 @@ fn subcommand_form_takes_flags() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run.recorded().unwrap().2, strings(ARGV));
+    // Logged as the hbm-qemu form logs, whatever main set up for the other subcommands.
+    assert!(stderr(&out).contains("hbm-qemu: argv seen pid="), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hbm-qemu: no instructions, argv exec'd unchanged argv="),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
