@@ -309,3 +309,42 @@ fn an_unusable_sysfs_root_is_bad_input() {
         "{err}"
     );
 }
+
+#[test]
+fn a_kubevirt_node_without_qemu_and_libvirt_only_warns() {
+    let d = Doctor::new();
+    let root = d.host(&fixture::seed_amd());
+    let missing = d.dir.path().join("absent");
+    let out = d.run_with(
+        &root,
+        &missing,
+        &missing,
+        &[
+            "--qemu",
+            missing.to_str().unwrap(),
+            "--libvirtd",
+            missing.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let status = |check: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == check)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for check in ["qemu", "libvirt", "hook", "adapter"] {
+        assert_eq!(status(check), "warn", "{check}: {}", stdout(&out));
+    }
+    for check in ["iommu", "gpu 0000:c1:00.0", "hbm 0000:c1:00.0/dax0.0", "dax dax0.0"] {
+        assert_eq!(status(check), "pass", "{check}: {}", stdout(&out));
+    }
+    assert_eq!(v["ok"], true);
+}
