@@ -116,7 +116,8 @@ fn read_input(input: Option<&Path>) -> Result<String, RewriteCommandError> {
     String::from_utf8(bytes).map_err(|_| RewriteCommandError::NotUtf8 { what })
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same folder, then a rename.
+/// Writes `text` to `path` atomically: a temporary file in the same folder (keeping the old
+/// file's permissions, else 0644), then a rename.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), RewriteCommandError> {
     let err = |source| RewriteCommandError::Output {
         path: path.to_path_buf(),
@@ -130,8 +131,9 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), RewriteCommandErr
         .prefix(".hbm-rewrite-")
         .tempfile_in(dir)
         .map_err(err)?;
+    // No fsync: readers see the old or the new file, never a half-written one; a durability
+    // barrier would cost more than the whole rewrite (several ms).
     tmp.write_all(text.as_bytes()).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
