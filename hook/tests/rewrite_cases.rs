@@ -809,3 +809,22 @@ fn self_closing_text_elements_get_their_text_inside() {
     let xml = domain(1024, &hostdev(0x41)).replace("unit='MiB'", "unit='Gi<'");
     assert_eq!(err(&xml, &inv, &opts(Dialect::None)).exit_code(), 2);
 }
+
+#[test]
+fn later_edits_of_the_kernel_command_line_survive_a_second_rewrite() {
+    let inv = inventory(vec![region("0000:41:00.0", 0, 512 * MIB)]);
+    let out = rw(&domain(1024, &hostdev(0x41)), &inv, &RewriteOptions::default());
+    let edited = out.xml.replace("0xefffffff</cmdline>", "0xefffffff quiet</cmdline>");
+    let again = rewrite(&edited, &inv, &RewriteOptions::default()).unwrap();
+    assert!(
+        again
+            .xml
+            .contains("<cmdline>console=ttyS0 quiet memmap=512M%1G-1+0xefffffff</cmdline>"),
+        "{}",
+        again.xml
+    );
+    assert_eq!(
+        rewrite(&again.xml, &inv, &RewriteOptions::default()).unwrap().xml,
+        again.xml
+    );
+}

@@ -1120,12 +1120,27 @@ pub(crate) fn apply(
             Some(cl) => {
                 let (s, e) = doc.inner(cl);
                 let cur = &doc.src[s..e];
-                let text = if cur.trim().is_empty() {
-                    escape_text(&frag)
+                let el = &doc.elements[cl];
+                if !el.self_closing && el.children.is_empty() && (cur.is_empty() || !cur.trim().is_empty()) {
+                    // Appended text is taken back by itself, so later edits of the line survive.
+                    let added = if cur.is_empty() {
+                        escape_text(&frag)
+                    } else {
+                        format!(" {}", escape_text(&frag))
+                    };
+                    w.edits.insert(e, added.clone());
+                    w.undo.push(UndoOp::StripText {
+                        at: "os/cmdline".into(),
+                        text: added,
+                    });
                 } else {
-                    format!("{cur} {}", escape_text(&frag))
-                };
-                w.set_text(cl, "os/cmdline", text);
+                    let text = if cur.trim().is_empty() {
+                        escape_text(&frag)
+                    } else {
+                        format!("{cur} {}", escape_text(&frag))
+                    };
+                    w.set_text(cl, "os/cmdline", text);
+                }
             }
             None => w.append(
                 os,

@@ -59,6 +59,9 @@ pub enum UndoOp {
     Restore { at: String, raw: String },
     /// Remove attribute `name` from the root element.
     RemoveRootAttr { name: String },
+    /// Remove the text `text` the rewriter appended to the element at `at` (its last
+    /// occurrence), keeping whatever else was written there since.
+    StripText { at: String, text: String },
 }
 
 /// What the domain's metadata says.
@@ -200,6 +203,10 @@ pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, R
                                 "remove-root-attr" => UndoOp::RemoveRootAttr {
                                     name: required(doc, r, "name", |s| Ok::<_, String>(s.to_string()))?,
                                 },
+                                "strip-text" => UndoOp::StripText {
+                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
+                                    text: required(doc, r, "text", |s| Ok::<_, String>(s.to_string()))?,
+                                },
                                 other => return Err(bad(doc, r, format!("unknown undo op {other:?}"))),
                             });
                         }
@@ -275,6 +282,13 @@ pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[Un
                 s.push_str(&format!(
                     "\n  <{p}undo op={q}remove-root-attr{q} name={q}{}{q}/>",
                     a(name)
+                ));
+            }
+            UndoOp::StripText { at, text } => {
+                s.push_str(&format!(
+                    "\n  <{p}undo op={q}strip-text{q} at={q}{}{q} text={q}{}{q}/>",
+                    a(at),
+                    a(text)
                 ));
             }
         }

@@ -104,6 +104,17 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
                 let e = &doc.elements[idx];
                 edits.replace(e.start, e.end, raw.clone());
             }
+            UndoOp::StripText { at, text } => {
+                let Some(idx) = resolve(doc, at, false) else { continue };
+                let e = &doc.elements[idx];
+                if e.self_closing || text.is_empty() {
+                    continue;
+                }
+                let (s, en) = doc.inner(idx);
+                if let Some(pos) = doc.src[s..en].rfind(text.as_str()) {
+                    edits.replace(s + pos, s + pos + text.len(), "");
+                }
+            }
             UndoOp::RemoveRootAttr { name } => {
                 if let Some(a) = doc.attrs(doc.root).into_iter().find(|a| a.name == name) {
                     let bytes = doc.src.as_bytes();
