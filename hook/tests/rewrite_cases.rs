@@ -828,3 +828,20 @@ fn later_edits_of_the_kernel_command_line_survive_a_second_rewrite() {
         again.xml
     );
 }
+
+#[test]
+fn an_opened_up_parent_keeps_later_changes_to_its_start_tag() {
+    let xml = domain(1024, &hostdev(0x41)).replace("</os>\n", "</os>\n  <cpu mode='host-passthrough'/>\n");
+    let inv = inventory(vec![region("0000:41:00.0", 0, GIB)]);
+    let out = rw(&xml, &inv, &opts(Dialect::None));
+    assert!(out.xml.contains("  <cpu mode='host-passthrough'>\n    <numa>\n"));
+    // Someone changes the CPU mode after the rewrite; a rewrite for a host without HBM keeps it.
+    let edited = out
+        .xml
+        .replace("<cpu mode='host-passthrough'>", "<cpu mode='host-model'>");
+    let removed = rewrite(&edited, &Inventory::empty("/"), &opts(Dialect::None)).unwrap();
+    assert_eq!(
+        removed.xml,
+        xml.replace("<cpu mode='host-passthrough'/>", "<cpu mode='host-model'/>")
+    );
+}

@@ -290,22 +290,42 @@ impl<'d, 'a> Writer<'d, 'a> {
                 self.edits.insert(at, text);
                 self.undo.extend(g.children.into_iter().filter_map(|(_, op)| op));
             } else {
+                // A parent without children (`<x/>`, `<x></x>`) is opened up; its original end is
+                // recorded so that, once the additions are removed again, it closes as before
+                // (changes made to its start tag since are kept).
                 let pi = if self.nl.is_empty() {
                     ""
                 } else {
                     self.doc.indent(g.parent).unwrap_or("")
                 };
                 let name = self.doc.name(g.parent);
-                let (from, open) = if e.self_closing {
-                    (e.tag_end - 2, ">")
-                } else {
-                    (e.tag_end, "")
-                };
-                let (start, end) = (from, e.end);
-                let replacement = format!("{open}{text}{}{pi}</{name}>", self.nl);
-                let path = g.parent_path.clone();
-                self.modify(g.parent, &path, start, end, replacement);
+                let gt = if e.self_closing { e.tag_end - 2 } else { e.tag_end - 1 };
+                let end = e.end;
+                let replacement = format!(">{text}{}{pi}</{name}>", self.nl);
+                let tail = self.doc.src[gt..end].to_string();
+                if !self
+                    .undo
+                    .iter()
+                    .any(|u| matches!(u, UndoOp::Collapse { at, .. } if *at == g.parent_path))
+                {
+                    self.undo.push(UndoOp::Collapse {
+                        at: g.parent_path.clone(),
+                        tail,
+                    });
+                }
+                self.undo.extend(g.children.into_iter().filter_map(|(_, op)| op));
+                self.edits.replace(gt, end, replacement);
             }
+        }
+    }
+
+    /// The collapse op for a parent without children (see [`Writer::flush_groups`]).
+    fn collapse_op(&self, idx: usize, path: &str) -> UndoOp {
+        let e = &self.doc.elements[idx];
+        let gt = if e.self_closing { e.tag_end - 2 } else { e.tag_end - 1 };
+        UndoOp::Collapse {
+            at: path.to_string(),
+            tail: self.doc.src[gt..e.end].to_string(),
         }
     }
 }
@@ -1192,10 +1212,8 @@ fn write_metadata(w: &mut Writer<'_, '_>, claimed: &[ClaimedRegion]) {
         (_, Some(ours)) => {
             let prefix = doc.name(ours).split_once(':').map_or("", |(p, _)| p).to_string();
             if doc.elements[ours].children.is_empty() {
-                w.undo.push(UndoOp::Restore {
-                    at: "metadata/{hbm}".into(),
-                    raw: doc.raw(ours).to_string(),
-                });
+                let op = w.collapse_op(ours, "metadata/{hbm}");
+                w.undo.push(op);
             }
             let applied = render_applied(&prefix, claimed, &w.undo, w.q);
             // Not recorded as a remove op: the record is always removed with itself.
@@ -1205,16 +1223,13 @@ fn write_metadata(w: &mut Writer<'_, '_>, claimed: &[ClaimedRegion]) {
         }
         (Some(m), None) => {
             if doc.elements[m].children.is_empty() {
-                w.undo.push(UndoOp::Restore {
-                    at: "metadata".into(),
-                    raw: doc.raw(m).to_string(),
-                });
-            } else {
-                w.undo.push(UndoOp::Remove {
-                    at: "metadata/{hbm}".into(),
-                    previous: None,
-                });
+                let op = w.collapse_op(m, "metadata");
+                w.undo.push(op);
             }
+            w.undo.push(UndoOp::Remove {
+                at: "metadata/{hbm}".into(),
+                previous: None,
+            });
             let x = our_element(w, claimed);
             w.append(m, "metadata", x, String::new());
             w.flush_groups();

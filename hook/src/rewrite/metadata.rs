@@ -62,6 +62,9 @@ pub enum UndoOp {
     /// Remove the text `text` the rewriter appended to the element at `at` (its last
     /// occurrence), keeping whatever else was written there since.
     StripText { at: String, text: String },
+    /// The element at `at` had no children before the rewriter added some: once they are all
+    /// removed, end it with `tail` again (`/>` or `></x>`), whatever its start tag says now.
+    Collapse { at: String, tail: String },
 }
 
 /// What the domain's metadata says.
@@ -203,6 +206,10 @@ pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, R
                                 "remove-root-attr" => UndoOp::RemoveRootAttr {
                                     name: required(doc, r, "name", |s| Ok::<_, String>(s.to_string()))?,
                                 },
+                                "collapse" => UndoOp::Collapse {
+                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
+                                    tail: required(doc, r, "tail", |s| Ok::<_, String>(s.to_string()))?,
+                                },
                                 "strip-text" => UndoOp::StripText {
                                     at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
                                     text: required(doc, r, "text", |s| Ok::<_, String>(s.to_string()))?,
@@ -282,6 +289,13 @@ pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[Un
                 s.push_str(&format!(
                     "\n  <{p}undo op={q}remove-root-attr{q} name={q}{}{q}/>",
                     a(name)
+                ));
+            }
+            UndoOp::Collapse { at, tail } => {
+                s.push_str(&format!(
+                    "\n  <{p}undo op={q}collapse{q} at={q}{}{q} tail={q}{}{q}/>",
+                    a(at),
+                    a(tail)
                 ));
             }
             UndoOp::StripText { at, text } => {

@@ -70,9 +70,36 @@ pub(crate) fn resolve(doc: &Document<'_>, path: &str, last_match: bool) -> Optio
     Some(cur)
 }
 
+/// The `qemu:arg` right before `idx` when its value is `value` (the `-object` of a pair).
+fn previous_arg(doc: &Document<'_>, idx: usize, value: Option<&str>) -> Option<usize> {
+    let value = value?;
+    let parent = doc.elements[idx].parent?;
+    let sibs = &doc.elements[parent].children;
+    let pos = sibs.iter().position(|c| *c == idx)?;
+    let prev = *sibs.get(pos.checked_sub(1)?)?;
+    (doc.local_name(prev) == "arg" && doc.attr(prev, "value").is_some_and(|v| v == value)).then_some(prev)
+}
+
 /// The document without the recorded additions and without the record itself.
 pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
     let mut edits = Edits::default();
+    // Elements this undo removes (for the collapse ops).
+    let mut removed: Vec<usize> = Vec::new();
+    for op in &meta.undo {
+        if let UndoOp::Remove { at, previous } = op
+            && let Some(idx) = resolve(doc, at, true)
+        {
+            removed.push(idx);
+            if let Some(prev) = previous_arg(doc, idx, previous.as_deref()) {
+                removed.push(prev);
+            }
+        }
+    }
+    if let Some(ours) = metadata::element(doc)
+        && let Some(applied) = metadata::child(doc, ours, "applied")
+    {
+        removed.push(applied);
+    }
     for op in &meta.undo {
         match op {
             UndoOp::Remove { at, previous } => {
@@ -80,20 +107,10 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
                     tracing::debug!(at = %at, "recorded addition not found; nothing to remove");
                     continue;
                 };
-                let mut from = doc.leading_ws_start(idx);
-                if let Some(prev_value) = previous
-                    && let Some(parent) = doc.elements[idx].parent
-                {
-                    let sibs = &doc.elements[parent].children;
-                    if let Some(pos) = sibs.iter().position(|c| *c == idx)
-                        && pos > 0
-                    {
-                        let prev = sibs[pos - 1];
-                        if doc.local_name(prev) == "arg" && doc.attr(prev, "value").is_some_and(|v| v == *prev_value) {
-                            from = doc.leading_ws_start(prev);
-                        }
-                    }
-                }
+                let from = match previous_arg(doc, idx, previous.as_deref()) {
+                    Some(prev) => doc.leading_ws_start(prev),
+                    None => doc.leading_ws_start(idx),
+                };
                 edits.replace(from, doc.elements[idx].end, "");
             }
             UndoOp::Restore { at, raw } => {
@@ -103,6 +120,26 @@ pub(crate) fn undo(doc: &Document<'_>, meta: &HbmMetadata) -> String {
                 };
                 let e = &doc.elements[idx];
                 edits.replace(e.start, e.end, raw.clone());
+            }
+            UndoOp::Collapse { at, tail } => {
+                let Some(idx) = resolve(doc, at, false) else { continue };
+                let e = &doc.elements[idx];
+                if e.self_closing || !e.children.iter().all(|c| removed.contains(c)) {
+                    continue;
+                }
+                // Only white space may be left between the children.
+                let mut pos = e.tag_end;
+                let mut blank = true;
+                for c in &e.children {
+                    blank &= doc.src[pos..doc.elements[*c].start]
+                        .bytes()
+                        .all(super::document::is_xml_space);
+                    pos = doc.elements[*c].end;
+                }
+                blank &= doc.src[pos..e.close_start].bytes().all(super::document::is_xml_space);
+                if blank {
+                    edits.replace(e.tag_end - 1, e.end, tail.clone());
+                }
             }
             UndoOp::StripText { at, text } => {
                 let Some(idx) = resolve(doc, at, false) else { continue };
