@@ -660,6 +660,8 @@ fn doctype_entities_and_malformed_input_are_bad_input() {
             .starts_with("domain XML line 3: not well-formed XML: element <controller>: bad attribute"),
         "{e}"
     );
+    let e = err("<domain =ype='kvm'/>", &inv, &o);
+    assert_eq!(e.exit_code(), 2);
     let e = err("<domain a='1' a='2'/>", &inv, &o);
     assert_eq!(e.exit_code(), 2);
     assert_eq!(err("<domain>", &inv, &o).exit_code(), 2);

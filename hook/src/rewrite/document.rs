@@ -54,6 +54,14 @@ pub struct Document<'a> {
     pub root: usize,
 }
 
+/// A plausible attribute name: not empty, no white space or markup characters.
+fn is_attr_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .bytes()
+            .any(|b| is_xml_space(b) || matches!(b, b'=' | b'"' | b'\'' | b'<' | b'>' | b'/'))
+}
+
 /// XML's white space: space, tab, CR, LF (not form feed or other control characters).
 pub fn is_xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -103,6 +111,9 @@ impl<'a> Document<'a> {
                         };
                         match attr {
                             Err(err) => return Err(bad(err.to_string())),
+                            Ok(a) if !is_attr_name(a.key.as_ref()) => {
+                                return Err(bad(format!("{:?} is not an attribute name", a.key.as_ref())));
+                            }
                             Ok(a) if a.value.contains('<') => {
                                 return Err(bad(format!("'<' in the value of {}", a.key.as_ref())));
                             }
