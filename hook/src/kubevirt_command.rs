@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::config::HookConfig;
 use crate::kubevirt::{DEFAULT_NAME, DEFAULT_SOCKET_DIR, InventoryFn, Sidecar, SidecarSettings, termination_signal};
 use crate::kubevirt_policy::{DefineOutcome, define_domain};
+use crate::rewrite::{Dialect, PolicyMode, RewriteOptions};
 use crate::rewrite_command::load_topology;
 
 /// argv[0] basename KubeVirt's sidecar shim runs for OnDefineDomain.
@@ -40,6 +41,31 @@ pub struct InventoryArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The node's defaults for VMIs that do not choose (their `hbm-passthrough.dev/` annotations
+/// win); unset, the config file's `rewrite` section decides.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VmiDefaultsArgs {
+    /// Default SPM marking: kernel-cmdline, memmap-type[=spm|reserved|normal], sp-mem or none.
+    #[arg(long, value_name = "D", value_parser = |s: &str| s.parse::<Dialect>())]
+    pub dialect: Option<Dialect>,
+    /// Default policy: off, auto or required.
+    #[arg(long, value_name = "P", value_parser = |s: &str| s.parse::<PolicyMode>())]
+    pub policy: Option<PolicyMode>,
+}
+
+impl VmiDefaultsArgs {
+    /// `base` (from the config file) with these flags applied.
+    pub fn apply(&self, mut base: RewriteOptions) -> RewriteOptions {
+        if let Some(d) = self.dialect {
+            base.dialect = d;
+        }
+        if let Some(p) = self.policy {
+            base.policy = p;
+        }
+        base
+    }
+}
+
 /// `hbm-hook kubevirt-sidecar`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SidecarArgs {
@@ -54,6 +80,8 @@ pub struct SidecarArgs {
     pub priority: i32,
     #[command(flatten)]
     pub inventory: InventoryArgs,
+    #[command(flatten)]
+    pub defaults: VmiDefaultsArgs,
 }
 
 /// `hbm-hook onDefineDomain` (sidecar-shim convention).
@@ -67,6 +95,8 @@ pub struct ShimDefineArgs {
     pub domain: String,
     #[command(flatten)]
     pub inventory: InventoryArgs,
+    #[command(flatten)]
+    pub defaults: VmiDefaultsArgs,
 }
 
 /// `hbm-hook preCloudInitIso` (sidecar-shim convention).
@@ -130,7 +160,7 @@ pub fn run_sidecar(args: &SidecarArgs) -> ExitCode {
     let settings = SidecarSettings {
         name: args.name.clone(),
         priority: args.priority,
-        options: config.rewrite_options(),
+        options: args.defaults.apply(config.rewrite_options()),
         inventory,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -159,7 +189,7 @@ pub fn run_shim_define(args: &ShimDefineArgs) -> ExitCode {
     let xml = match define_domain(
         args.domain.as_bytes(),
         args.vmi.as_bytes(),
-        &config.rewrite_options(),
+        &args.defaults.apply(config.rewrite_options()),
         || inventory(),
     ) {
         Ok(DefineOutcome::Rewritten { xml, summary }) => {

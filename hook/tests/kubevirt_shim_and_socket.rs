@@ -341,3 +341,50 @@ async fn sigterm_stops_the_sidecar_and_removes_its_socket() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!socket.exists(), "socket removed on SIGTERM");
 }
+
+#[test]
+fn node_defaults_from_flags_apply_unless_the_vmi_annotations_choose() {
+    let node = write_node(&corpus_node());
+    let root = node.path().to_str().unwrap();
+    let gpu1 = corpus::file("kubevirt/gpu1.rendered.xml");
+    let bare = String::from_utf8(vmi_json("defaults", &[])).unwrap();
+    let exe = hbm_hook();
+    let shim = |vmi: &str, extra: &[&str]| {
+        let mut args = vec![
+            "onDefineDomain",
+            "--vmi",
+            vmi,
+            "--domain",
+            &gpu1.text,
+            "--sysfs-root",
+            root,
+        ];
+        args.extend_from_slice(extra);
+        run(&exe, &args)
+    };
+
+    // The node default dialect `none` makes a disk-booted VMI without annotations get its HBM.
+    let out = shim(&bare, &["--dialect", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let xml = String::from_utf8(out.stdout.clone()).unwrap();
+    let chain = hbm_chain::read(&xml, PciAddr::parse_host(GPU_81).unwrap()).unwrap();
+    assert_eq!(chain.cell_bytes, HBM_BYTES);
+    assert!(!xml.contains("memmap="), "dialect none adds no kernel memmap=");
+
+    // The node default policy `off` leaves it alone ...
+    let off = shim(&bare, &["--dialect", "none", "--policy", "off"]);
+    assert_eq!(off.status.code(), Some(0), "{}", stderr(&off));
+    assert_eq!(off.stdout, gpu1.text.as_bytes());
+
+    // ... unless the VMI asks: its annotation wins over the node default.
+    let asks = String::from_utf8(vmi_json("defaults", &[("hbm-passthrough.dev/policy", "auto")])).unwrap();
+    let on = shim(&asks, &["--dialect", "none", "--policy", "off"]);
+    assert_eq!(on.status.code(), Some(0), "{}", stderr(&on));
+    assert_eq!(on.stdout, out.stdout);
+
+    // A bad default is a usage error (exit 2), nothing on stdout.
+    let bad = shim(&bare, &["--dialect", "spm-please"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(bad.stdout.is_empty());
+    assert!(stderr(&bad).contains("spm-please"), "{}", stderr(&bad));
+}

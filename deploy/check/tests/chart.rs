@@ -602,7 +602,7 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
         json!([{
             "image": "hbm-passthrough/hbm-hook-sidecar:0.1.0",
             "imagePullPolicy": "IfNotPresent",
-            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-passthrough"],
+            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-passthrough", "--dialect", "kernel-cmdline"],
         }])
     );
 
@@ -625,7 +625,7 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
         json!([{
             "image": "registry.example.invalid/gpu/hbm-hook-sidecar:0.1.0-rc1",
             "imagePullPolicy": "Always",
-            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--priority=10"],
+            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--dialect", "sp-mem", "--priority=10"],
         }])
     );
 }
