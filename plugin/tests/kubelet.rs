@@ -67,11 +67,7 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
     assert_eq!(preferred.container_responses[0].device_i_ds, ["0000:c1:00.0"]);
 
     let response = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap()
         .into_inner();
@@ -102,11 +98,7 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
 
     // Garbage from the kubelet: a clear error for that call, and the plugin keeps serving.
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:ff:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:ff:00.0".into()]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -115,11 +107,7 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
         "resource amd.com/gpu-74a1-hbm: unknown device ID \"0000:ff:00.0\" (not advertised by this plugin)"
     );
     let ok = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:41:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:41:00.0".into()]))
         .await
         .unwrap()
         .into_inner();
@@ -215,11 +203,7 @@ async fn gpu_unbound_from_vfio_turns_unhealthy_and_recovers() {
         ]
     );
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -234,11 +218,7 @@ async fn gpu_unbound_from_vfio_turns_unhealthy_and_recovers() {
         .await;
     assert_eq!(update.devices.len(), 2);
     let ok = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap()
         .into_inner();
@@ -262,11 +242,7 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
     let gpu = topology::PciAddress::parse("0000:41:00.0").unwrap();
     fixture::bind_driver(&host.root, gpu, None).unwrap();
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:41:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:41:00.0".into()]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -324,11 +300,7 @@ async fn vanishing_dax_device_or_vfio_group_makes_the_device_unhealthy_until_bac
         .await;
     assert_eq!(health(&update), [healthy("0000:41:00.0"), unhealthy("0000:c1:00.0")]);
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap_err();
     assert_eq!(
@@ -393,11 +365,7 @@ async fn region_size_change_is_unhealthy_until_restored_and_an_unplugged_gpu_lea
         ]
     );
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap_err();
     assert!(
@@ -415,11 +383,7 @@ async fn region_size_change_is_unhealthy_until_restored_and_an_unplugged_gpu_lea
     let update = watch.until("c1 gone", |u| u.devices.len() == 1).await;
     assert_eq!(health(&update), [("0000:41:00.0".to_string(), "Healthy".to_string())]);
     let err = client
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["0000:c1:00.0".into()],
-            }],
-        })
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -456,4 +420,11 @@ async fn without_inotify_the_poll_alone_catches_kubelet_restarts_and_health() {
     );
     assert!(plugin.log_text().contains("inotify off (--no-inotify)"));
     assert!(plugin.log_text().contains("kubelet.sock replaced (poll)"));
+}
+
+/// An Allocate request for one container holding `ids`, as the kubelet sends it.
+fn one_container(ids: Vec<String>) -> AllocateRequest {
+    AllocateRequest {
+        container_requests: vec![ContainerAllocateRequest { devices_ids: ids }],
+    }
 }
