@@ -7,8 +7,8 @@
 //! fuzzer reaches the rewriting paths, not only the parser.
 #![no_main]
 
-use hbm_hook::qemu_instructions::MemmapType;
-use hbm_hook::rewrite::{Dialect, PolicyMode, RewriteOptions, pci_hostdevs, rewrite};
+use hbm_rewrite::instructions::MemmapType;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions, pci_hostdevs, rewrite};
 use libfuzzer_sys::fuzz_target;
 use topology::{Health, Inventory, Memmap, Region, Source};
 

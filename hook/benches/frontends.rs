@@ -20,16 +20,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hbm_hook::kubevirt::{Sidecar, SidecarSettings};
-use hbm_hook::rewrite::RewriteOptions;
+use hbm_rewrite::RewriteOptions;
 use proto::kubevirt::hooks::v1alpha3;
 use topology::fixture::FixtureHost;
 
 const GIB: u64 = 1 << 30;
 
 fn corpus(name: &str) -> String {
-    // The shared corpus sits beside the repository (`../shared/corpus`).
+    // The corpus ships in the repository (`tests/corpus`).
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus")
+        .join("../tests/corpus")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("corpus file {}: {e}", path.display()))
 }

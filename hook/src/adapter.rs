@@ -1,5 +1,5 @@
 //! The QEMU argv adapter's pure core: libvirt's QEMU arguments plus the instructions the rewriter
-//! recorded (`HBM_QEMU_INSTRUCTIONS`, see [`crate::qemu_instructions`]) plus what the installed QEMU
+//! recorded (`HBM_QEMU_INSTRUCTIONS`, see [`hbm_rewrite::instructions`]) plus what the installed QEMU
 //! speaks ([`Capabilities`]) in, the arguments to exec the real QEMU with out.
 //!
 //! libvirt writes each guest NUMA cell K as a memory backend object `ram-nodeK` (JSON
@@ -18,7 +18,7 @@
 use serde_json::{Map, Value};
 
 use crate::probe::Capabilities;
-use crate::qemu_instructions::Instruction;
+use hbm_rewrite::instructions::Instruction;
 
 /// Why libvirt's arguments cannot be transformed as the domain asks. Each message names the cell
 /// or option concerned and what to do.
@@ -630,7 +630,7 @@ pub fn transform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu_instructions::{MemmapType, parse};
+    use hbm_rewrite::instructions::{MemmapType, parse};
 
     fn caps(memmap_type: bool, sp_mem: bool) -> Capabilities {
         Capabilities {

@@ -25,7 +25,7 @@ use std::process::{Command, ExitCode};
 use crate::adapter::{self, AdapterError};
 use crate::config::{ConfigError, HookConfig};
 use crate::probe::{self, ProbeError};
-use crate::qemu_instructions::{self, Instruction, InstructionError};
+use hbm_rewrite::instructions::{self, Instruction, InstructionError};
 
 /// Environment variable naming the real emulator (overrides the config's `qemu.emulator`).
 pub const EMULATOR_ENV: &str = "HBM_QEMU_EMULATOR";
@@ -198,8 +198,8 @@ fn exec_adapted(
     let emulator = &settings.emulator;
     let seen = render_argv(invoked_as, qemu_args);
     tracing::info!(pid = std::process::id(), argv = %seen, "hbm-qemu: argv seen");
-    let wire = std::env::var(qemu_instructions::ENV_VAR).unwrap_or_default();
-    let instructions = qemu_instructions::parse(&wire)?;
+    let wire = std::env::var(instructions::ENV_VAR).unwrap_or_default();
+    let instructions = instructions::parse(&wire)?;
     refuse_self(emulator)?;
     if instructions.is_empty() {
         tracing::info!(argv = %render_argv(emulator, qemu_args), "hbm-qemu: no instructions, argv exec'd unchanged");

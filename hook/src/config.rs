@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::rewrite::size::parse_size;
-use crate::rewrite::{Dialect, PolicyMode, RewriteOptions};
+use hbm_rewrite::size::parse_size;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
 
 /// Where the config is read from when `--config` is not given (only if the file exists).
 pub const DEFAULT_PATH: &str = "/etc/hbm-passthrough/hook.yaml";
@@ -183,7 +183,7 @@ impl HookConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu_instructions::MemmapType;
+    use hbm_rewrite::instructions::MemmapType;
 
     #[test]
     fn parses_every_section() {

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use topology::Inventory;
 
 use crate::kubevirt_policy::{DefineOutcome, KubevirtError, define_domain};
-use crate::rewrite::RewriteOptions;
+use hbm_rewrite::RewriteOptions;
 
 /// virt-launcher's hook socket directory.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/kubevirt-hooks";

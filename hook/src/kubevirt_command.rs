@@ -18,8 +18,8 @@ use std::sync::Arc;
 use crate::config::HookConfig;
 use crate::kubevirt::{DEFAULT_NAME, DEFAULT_SOCKET_DIR, InventoryFn, Sidecar, SidecarSettings, termination_signal};
 use crate::kubevirt_policy::{DefineOutcome, define_domain};
-use crate::rewrite::{Dialect, PolicyMode, RewriteOptions};
 use crate::rewrite_command::load_topology;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
 
 /// argv[0] basename KubeVirt's sidecar shim runs for OnDefineDomain.
 pub const SHIM_ON_DEFINE_DOMAIN: &str = "onDefineDomain";

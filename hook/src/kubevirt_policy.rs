@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use topology::Inventory;
 
-use crate::rewrite::size::parse_size;
-use crate::rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, rewrite};
+use hbm_rewrite::size::parse_size;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, rewrite};
 
 /// Prefix of the project's VMI annotations.
 pub const ANNOTATION_PREFIX: &str = "hbm-passthrough.dev/";

@@ -10,6 +10,4 @@ pub mod kubevirt_command;
 pub mod kubevirt_policy;
 pub mod libvirt_hook;
 pub mod probe;
-pub mod qemu_instructions;
-pub mod rewrite;
 pub mod rewrite_command;

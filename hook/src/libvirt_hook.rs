@@ -24,8 +24,8 @@ use topology::{Health, Inventory};
 
 use crate::claims::{ClaimError, ClaimStore};
 use crate::config::{ConfigError, HookConfig};
-use crate::rewrite::document::Document;
-use crate::rewrite::{ClaimedRegion, RewriteError, read_metadata, rewrite};
+use hbm_rewrite::document::Document;
+use hbm_rewrite::{ClaimedRegion, RewriteError, read_metadata, rewrite};
 
 /// The hook's file name under `/etc/libvirt/hooks/qemu.d/`; `hbm-hook` run under this name is
 /// the libvirt hook.

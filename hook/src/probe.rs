@@ -130,7 +130,7 @@ pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeErro
     let started = Instant::now();
     let mut child = Command::new(binary)
         .args(["-machine", "none", "-qmp", "stdio", "-nodefaults", "-display", "none"])
-        .env_remove(crate::qemu_instructions::ENV_VAR)
+        .env_remove(hbm_rewrite::instructions::ENV_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

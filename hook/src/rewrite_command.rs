@@ -1,4 +1,4 @@
-//! `hbm-hook rewrite`: the CLI shell around [`crate::rewrite::rewrite`].
+//! `hbm-hook rewrite`: the CLI shell around [`hbm_rewrite::rewrite`].
 //!
 //! Reads the domain XML (`--in FILE` or stdin), the host inventory (`--topology FILE` with a
 //! `discover --json` document, or a scan of `--sysfs-root DIR`, default `/`), the config file,
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use topology::Inventory;
 
 use crate::config::{ConfigError, HookConfig};
-use crate::rewrite::size::parse_size;
-use crate::rewrite::{Dialect, PolicyMode, RewriteError, Rewritten, rewrite};
+use hbm_rewrite::size::parse_size;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteError, Rewritten, rewrite};
 
 /// Arguments of `hbm-hook rewrite`.
 #[derive(Debug, Clone, Default, clap::Args)]

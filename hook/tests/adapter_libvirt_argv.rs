@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use hbm_hook::adapter::transform;
 use hbm_hook::probe::Capabilities;
-use hbm_hook::qemu_instructions::parse;
+use hbm_rewrite::instructions::parse;
 use support::libvirt::{domxml_to_native, require_libvirt};
 
 const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
@@ -284,7 +284,7 @@ struct Tally {
 #[test]
 fn every_cell_of_the_libvirt_corpus() {
     use hbm_hook::adapter::{AdapterError, parse_size};
-    use hbm_hook::qemu_instructions::{Instruction, MemmapType};
+    use hbm_rewrite::instructions::{Instruction, MemmapType};
     require_libvirt();
     let mut tally = Tally::default();
     for name in CORPUS_WITH_CELLS {

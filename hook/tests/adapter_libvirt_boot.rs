@@ -92,7 +92,7 @@ fn assert_two_node_guest(report: &GuestReport, log: &str) {
 /// Initiator and no usable memory, its range soft reserved, the stand-in's `numa_node` on it.
 #[test]
 fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
-    use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+    use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
     use support::domain_xml::{StandIn, with_stand_in};
     use support::inventory::{HbmSpec, hbm_inventory};
 

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 
 use hbm_hook::adapter::transform;
 use hbm_hook::probe::Capabilities;
-use hbm_hook::qemu_instructions::{self, Instruction, MemmapType};
-use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+use hbm_rewrite::instructions::{self, Instruction, MemmapType};
+use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
 use support::inventory::{HbmSpec, MIB, hbm_inventory};
 use support::libvirt::{domxml_to_native, require_libvirt};
 
@@ -77,10 +77,10 @@ fn libvirt_view(dialect: Dialect, dax: bool, adapter: &Path) -> (Vec<Instruction
     let wire = native
         .env
         .iter()
-        .find(|(k, _)| k == qemu_instructions::ENV_VAR)
+        .find(|(k, _)| k == instructions::ENV_VAR)
         .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("libvirt passes no {}: {:?}", qemu_instructions::ENV_VAR, native.env));
-    (qemu_instructions::parse(&wire).unwrap(), native.args)
+        .unwrap_or_else(|| panic!("libvirt passes no {}: {:?}", instructions::ENV_VAR, native.env));
+    (instructions::parse(&wire).unwrap(), native.args)
 }
 
 /// The real QEMU with the memory part of `argv` (sp-mem as pc-dimm, /dev/dax0.0 as `shm`).

@@ -4,7 +4,7 @@
 
 mod support;
 
-use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
 use support::domain_xml::{PciAddr, StandIn, with_stand_in};
 use support::guest::{self, DirectBootDomain, soft_reserved_params};
 use support::hbm_chain;

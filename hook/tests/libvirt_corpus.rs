@@ -1,4 +1,4 @@
-//! The rewriter against the whole shared corpus (libvirt's own test inputs and KubeVirt-generated
+//! The rewriter against the whole corpus (libvirt's own test inputs and KubeVirt-generated
 //! definitions), judged by the real libvirt 9.0 (`virt-xml-validate`, `virsh domxml-to-native
 //! qemu-argv` on a running libvirtd). See docs/testing.md.
 //!
@@ -16,7 +16,7 @@
 
 mod support;
 
-use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
 use support::corpus::{CorpusFile, domain_files};
 use support::domain_xml::{DomainFacts, facts, with_vfio_drivers, without_elements};
 use support::hbm_chain;

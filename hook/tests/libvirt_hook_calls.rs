@@ -219,7 +219,7 @@ fn migrate_and_restore_rewrite_for_this_host_and_print_nothing_when_unchanged() 
         let chain = support::hbm_chain::read(&xml, support::domain_xml::PciAddr::parse_host(GPU).unwrap())
             .unwrap_or_else(|e| panic!("{op}: {e}\n{xml}"));
         assert_eq!(chain.memnode, Some(("strict".to_string(), "2".to_string())), "{op}");
-        let meta = hbm_hook::rewrite::read_metadata(&xml).unwrap().unwrap();
+        let meta = hbm_rewrite::read_metadata(&xml).unwrap().unwrap();
         let ids: Vec<&str> = meta.claimed.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["0000:e3:00.0/node2"], "{op}");
         // What the hook wrote is what the destination's prepare accepts.

@@ -2,8 +2,8 @@
 //! The rewriter's pure behaviour: exact additions per dialect and layout, policy, idempotency,
 //! undo, and every bad-input case with its exit code.
 
-use hbm_hook::qemu_instructions::MemmapType;
-use hbm_hook::rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, Rewritten, read_metadata, rewrite};
+use hbm_rewrite::instructions::MemmapType;
+use hbm_rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, Rewritten, read_metadata, rewrite};
 use topology::{Health, Inventory, Memmap, PciAddress, Region, Source};
 
 const GIB: u64 = 1 << 30;
@@ -445,7 +445,7 @@ fn kubevirt_expander_layout_is_reused_not_duplicated() {
 
 #[test]
 fn new_controllers_avoid_existing_indexes_and_bus_numbers() {
-    let xml = std::fs::read_to_string("../../shared/corpus/libvirt/pcie-expander-bus.xml").unwrap();
+    let xml = std::fs::read_to_string("../tests/corpus/libvirt/pcie-expander-bus.xml").unwrap();
     let xml = xml.replacen("  </devices>", &format!("{}  </devices>", hostdev(0x41)), 1);
     let out = rw(
         &xml,
@@ -673,7 +673,7 @@ fn doctype_entities_and_malformed_input_are_bad_input() {
         &o,
     );
     assert_eq!(e.exit_code(), 2);
-    let corpus = std::fs::read_to_string("../../shared/corpus/kubevirt/api-domain_numa_topology.xml").unwrap();
+    let corpus = std::fs::read_to_string("../tests/corpus/kubevirt/api-domain_numa_topology.xml").unwrap();
     let e = err(&corpus, &inv, &o);
     assert_eq!(e.exit_code(), 2);
     assert_eq!(
@@ -684,7 +684,7 @@ fn doctype_entities_and_malformed_input_are_bad_input() {
 
 #[test]
 fn a_gpu_passed_through_twice_is_a_collision() {
-    let xml = std::fs::read_to_string("../../shared/corpus/libvirt/hostdev-pci-duplicate.xml").unwrap();
+    let xml = std::fs::read_to_string("../tests/corpus/libvirt/hostdev-pci-duplicate.xml").unwrap();
     let inv = inventory(vec![region("0000:06:12.5", 0, GIB)]);
     let e = err(&xml, &inv, &opts(Dialect::None));
     assert_eq!(e.exit_code(), 2);

@@ -90,7 +90,7 @@ fn out_is_written_atomically_and_left_alone_on_error() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), GOLDEN);
 
     std::fs::write(&out, "previous content\n").unwrap();
-    let bad = "../../shared/corpus/kubevirt/api-domain_numa_topology.xml";
+    let bad = "../tests/corpus/kubevirt/api-domain_numa_topology.xml";
     let o = run(&["rewrite", "--topology", &topo, "--in", bad, "--out", &out_s], None);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(

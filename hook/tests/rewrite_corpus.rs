@@ -7,14 +7,14 @@
 
 use std::path::PathBuf;
 
-use hbm_hook::rewrite::{Dialect, RewriteOptions, pci_hostdevs, read_metadata, rewrite};
+use hbm_rewrite::{Dialect, RewriteOptions, pci_hostdevs, read_metadata, rewrite};
 use topology::{Health, Inventory, Memmap, Region, Source};
 
 const GIB: u64 = 1 << 30;
 
 fn corpus_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in ["../../shared/corpus/libvirt", "../../shared/corpus/kubevirt"] {
+    for dir in ["../tests/corpus/libvirt", "../tests/corpus/kubevirt"] {
         for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("corpus folder {dir}: {e}")) {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "xml") {

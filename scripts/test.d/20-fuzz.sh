@@ -29,7 +29,7 @@ export RUSTC_BOOTSTRAP=1
 seeds="$(mktemp -d)"
 trap 'rm -rf "$seeds"' EXIT
 n=0
-for f in ../shared/corpus/libvirt/*.xml ../shared/corpus/kubevirt/*.xml examples/domains/*.xml; do
+for f in tests/corpus/libvirt/*.xml tests/corpus/kubevirt/*.xml examples/domains/*.xml; do
   [ -e "$f" ] || continue
   for sel in 00 01 03 04 14 a4 44; do
     { printf "\\x$sel"; cat "$f"; } > "$seeds/$(basename "$f").$sel"

@@ -27,10 +27,10 @@ fn written(host: &FixtureHost) -> TempDir {
     d
 }
 
-/// Unpacks a corpus snapshot when shared/ is beside the repo; `None` otherwise.
+/// Unpacks a corpus snapshot (tests/corpus/sysfs); `None` otherwise.
 fn corpus(tarball: &str, top: &str) -> Option<(TempDir, PathBuf)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/sysfs")
+        .join("../tests/corpus/sysfs")
         .join(tarball);
     if !src.exists() {
         eprintln!("bench: {} not found, snapshot skipped", src.display());

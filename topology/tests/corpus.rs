@@ -1,4 +1,4 @@
-//! Discovery on the real sysfs snapshots in shared/corpus/sysfs (read in place).
+//! Discovery on the real sysfs snapshots in tests/corpus/sysfs (read in place).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use deploy_check::{chart_dir, helm, manifest, workspace_root};
-use hbm_hook::rewrite::Dialect;
+use hbm_rewrite::Dialect;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use plugin::config::{RegistrationMode, RunArgs, Settings};
 use serde_json::Value;
@@ -138,7 +138,7 @@ fn every_dialect_the_schema_allows_is_one_the_rewriter_knows() {
     assert!(allowed.len() >= 4);
     for dialect in allowed {
         let d = dialect.as_str().unwrap();
-        d.parse::<hbm_hook::rewrite::Dialect>()
+        d.parse::<hbm_rewrite::Dialect>()
             .unwrap_or_else(|e| panic!("schema allows {d:?}, the rewriter says: {e}"));
     }
 }

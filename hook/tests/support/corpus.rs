@@ -1,4 +1,4 @@
-//! The shared corpus of real domain definitions (`../shared/corpus/` beside the repository, or
+//! The corpus of real domain definitions (`tests/corpus/` in the repository, or
 //! `$HBM_CORPUS_DIR`). Missing corpus = loud failure, never an empty (passing) loop.
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ pub struct CorpusFile {
 pub fn corpus_dir() -> PathBuf {
     match std::env::var_os("HBM_CORPUS_DIR") {
         Some(d) => PathBuf::from(d),
-        None => super::repo_root().join("../shared/corpus"),
+        None => super::repo_root().join("tests/corpus"),
     }
 }
 
@@ -23,8 +23,8 @@ fn xml_files(sub: &str) -> Vec<CorpusFile> {
     let dir = corpus_dir().join(sub);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
-            "corpus folder {} unreadable ({e}): the shared corpus must sit beside the repository \
-             (../shared/corpus) or be named by $HBM_CORPUS_DIR",
+            "corpus folder {} unreadable ({e}): the corpus ships in the repository \
+             (tests/corpus) or be named by $HBM_CORPUS_DIR",
             dir.display()
         )
     });

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use hbm_hook::rewrite::{Dialect, RewriteOptions, rewrite};
+use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
 use topology::fixture::FixtureHost;
 use topology::{DiscoveryConfig, Inventory};
 

@@ -1,4 +1,4 @@
-//! Shared helpers: unpack the corpus snapshots (read in place from `../shared/corpus/sysfs`,
+//! Shared helpers: unpack the corpus snapshots (read in place from `tests/corpus/sysfs`,
 //! see its SOURCES.md) and write fixture hosts into temp dirs.
 #![allow(dead_code)]
 
@@ -9,9 +9,9 @@ use tempfile::TempDir;
 use topology::fixture::FixtureHost;
 use topology::{DiscoveryConfig, Inventory, PciAddress, Region, discover};
 
-/// `shared/corpus/sysfs` beside the repository checkout.
+/// `tests/corpus/sysfs` in the repository.
 pub fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/sysfs")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/sysfs")
 }
 
 /// Unpacks a corpus tarball into a temp dir; returns the dir and the sysfs root inside it.
@@ -20,7 +20,7 @@ pub fn unpack(tarball: &str, top: &str) -> (TempDir, PathBuf) {
     let src = corpus_dir().join(tarball);
     assert!(
         src.exists(),
-        "corpus file {} missing (shared/ must sit beside the repo)",
+        "corpus file {} missing (tests/corpus/sysfs ships in the repository)",
         src.display()
     );
     let out = Command::new("tar")

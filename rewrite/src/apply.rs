@@ -7,7 +7,7 @@ use super::layout::{FOUR_GIB, guest_ranges};
 use super::metadata::{self, ClaimedRegion, GpuPolicy, HbmMetadata, NAMESPACE, UndoOp, render_applied};
 use super::size::{kernel_size, unit_factor};
 use super::{Dialect, PolicyMode, RewriteError, RewriteOptions};
-use crate::qemu_instructions::{self, Instruction};
+use crate::instructions::{self, Instruction};
 
 /// libvirt's namespace for `<qemu:commandline>`.
 pub const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
@@ -1069,16 +1069,16 @@ pub(crate) fn apply(
     }
     let existing_env = existing_cl.and_then(|cl| {
         doc.children_named(cl, &format!("{qp}env"))
-            .find(|e| doc.attr(*e, "name").is_some_and(|n| n == qemu_instructions::ENV_VAR))
+            .find(|e| doc.attr(*e, "name").is_some_and(|n| n == instructions::ENV_VAR))
     });
     if !instructions.is_empty() {
-        let wire = qemu_instructions::render(&instructions);
+        let wire = instructions::render(&instructions);
         let x = format!(
             "<{qp}env{}{}/>",
-            w.attr("name", qemu_instructions::ENV_VAR),
+            w.attr("name", instructions::ENV_VAR),
             w.attr("value", &wire)
         );
-        let env_path = format!("{cl_name}/{qp}env[name={}]", qemu_instructions::ENV_VAR);
+        let env_path = format!("{cl_name}/{qp}env[name={}]", instructions::ENV_VAR);
         match existing_env {
             Some(env) => {
                 let el = &doc.elements[env];
@@ -1093,10 +1093,7 @@ pub(crate) fn apply(
                 }),
             )),
         }
-        summary.push(format!(
-            "{}={wire} for the QEMU argv adapter",
-            qemu_instructions::ENV_VAR
-        ));
+        summary.push(format!("{}={wire} for the QEMU argv adapter", instructions::ENV_VAR));
         let adapter = escape_text(&options.adapter_path);
         match doc.child(devices, "emulator") {
             Some(em) => {

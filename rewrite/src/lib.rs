@@ -11,10 +11,11 @@ use std::str::FromStr;
 
 use topology::Inventory;
 
-use crate::qemu_instructions::MemmapType;
+use crate::instructions::MemmapType;
 
 mod apply;
 pub mod document;
+pub mod instructions;
 mod layout;
 pub mod metadata;
 pub mod size;
