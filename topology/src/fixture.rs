@@ -903,6 +903,28 @@ fn addr(s: &str) -> PciAddress {
     PciAddress::parse(s).unwrap_or(PciAddress::new(0, 0, 0, 0))
 }
 
+/// A healthy HBM region of `size_bytes` on host node `host_node`, owned by `gpu`: id
+/// `<gpu>/node<N>`, SPM, online, found in the SRAT, nearest CPU node 0. The one literal tests and
+/// benchmarks start from; change what a case needs with struct update syntax
+/// (`Region { dax: Some(..), online: false, ..region(gpu, 2, size) }`).
+pub fn region(gpu: PciAddress, host_node: u32, size_bytes: u64) -> crate::Region {
+    crate::Region {
+        id: format!("{gpu}/node{host_node}"),
+        gpu,
+        host_node: Some(host_node),
+        size_bytes,
+        source: crate::Source::Srat,
+        memmap: crate::Memmap::Spm,
+        dax: None,
+        dax_align: None,
+        base: None,
+        online: true,
+        cpu_node: Some(0),
+        health: crate::Health::Healthy,
+        reason: None,
+    }
+}
+
 /// A seed-style AMD host: node 0 with CPUs 0-31 and 128 GiB, node 1 a CPU-less 64 GiB
 /// Specific-Purpose HBM node (generic initiator, memory held by `dax0.0` on `device_dax`), GPU
 /// 0000:c1:00.0 (1002:74a1, processing accelerator) bound to vfio-pci in IOMMU group 12 whose
