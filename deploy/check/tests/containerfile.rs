@@ -46,7 +46,10 @@ fn assert_runtime_stage(stage: &Stage, binary: &str) {
     let labels: Vec<&str> = stage.all("LABEL").map(|i| i.args.as_str()).collect();
     assert_eq!(labels.len(), 1, "{:?}", stage.name);
     for key in [
-        format!("org.opencontainers.image.title=\"{}\"", stage.name.as_deref().map_or("", image_title)),
+        format!(
+            "org.opencontainers.image.title=\"{}\"",
+            stage.name.as_deref().map_or("", image_title)
+        ),
         "org.opencontainers.image.version=\"${VERSION}\"".to_string(),
         "org.opencontainers.image.licenses=\"Apache-2.0\"".to_string(),
     ] {

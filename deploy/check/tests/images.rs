@@ -56,7 +56,10 @@ async fn plugin_image_registers_lists_allocates_and_stops_cleanly_under_the_char
     );
     let allocated = kubelet::allocate(&mut client, "0000:41:00.0", &container).await;
     assert_eq!(allocated.envs.len(), 2, "{:?}", allocated.envs);
-    assert_eq!(allocated.envs["PCI_RESOURCE_HBM-PASSTHROUGH_DEV_MI300X"], "0000:41:00.0");
+    assert_eq!(
+        allocated.envs["PCI_RESOURCE_HBM-PASSTHROUGH_DEV_MI300X"],
+        "0000:41:00.0"
+    );
     assert_eq!(
         allocated.envs["HBM_REGIONS_HBM-PASSTHROUGH_DEV_MI300X"],
         format!("0000:41:00.0,2,{},/dev/dax0.0", 64 * GIB)
@@ -115,9 +118,20 @@ async fn sidecar_image_answers_info_and_on_define_domain_through_the_hooks_dir()
     let domain = std::fs::read_to_string(root.join("examples/domains/gpu-vm.xml")).unwrap();
     let expected = std::fs::read_to_string(root.join("examples/domains/gpu-vm.rewritten.xml")).unwrap();
     let answer = sidecar_client::on_define_domain(&socket, &domain, &container).await;
-    assert_eq!(answer, expected, "the sidecar's answer differs from the rewriter's golden output");
+    assert_eq!(
+        answer, expected,
+        "the sidecar's answer differs from the rewriter's golden output"
+    );
 
     let exit = container.stop();
-    assert_eq!(exit, 0, "sidecar exit status on podman stop; log:\n{}", container.logs());
-    assert!(!Path::new(&socket).exists(), "the sidecar's socket is left behind after stop");
+    assert_eq!(
+        exit,
+        0,
+        "sidecar exit status on podman stop; log:\n{}",
+        container.logs()
+    );
+    assert!(
+        !Path::new(&socket).exists(),
+        "the sidecar's socket is left behind after stop"
+    );
 }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
-use proto::deviceplugin::v1beta1::{
-    AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse, Empty,
-};
+use proto::deviceplugin::v1beta1::{AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse, Empty};
 use proto::pluginregistration::registration_client::RegistrationClient;
 use proto::pluginregistration::{InfoRequest, PluginInfo, RegistrationStatus};
 use tonic::transport::Channel;

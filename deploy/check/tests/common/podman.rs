@@ -58,7 +58,11 @@ impl Container {
     /// `podman stop` (SIGTERM, then SIGKILL after 10 s) and the container's exit status.
     pub fn stop(&self) -> i32 {
         let stop = podman(&["stop".into(), "--time=10".into(), self.name.clone()]);
-        assert!(stop.status.success(), "podman stop: {}", String::from_utf8_lossy(&stop.stderr));
+        assert!(
+            stop.status.success(),
+            "podman stop: {}",
+            String::from_utf8_lossy(&stop.stderr)
+        );
         let inspect = podman(&[
             "inspect".into(),
             "--format={{.State.ExitCode}}".into(),
