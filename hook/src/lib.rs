@@ -11,3 +11,4 @@ pub mod kubevirt_policy;
 pub mod libvirt_hook;
 pub mod probe;
 pub mod rewrite_command;
+pub mod verify_guest;

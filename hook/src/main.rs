@@ -48,6 +48,10 @@ enum Command {
     /// Run as the libvirt qemu hook (what /etc/libvirt/hooks/qemu.d/hbm-passthrough runs):
     /// check and claim HBM at prepare, release at release, rewrite at migrate/restore.
     Libvirt(hbm_hook::libvirt_hook::LibvirtArgs),
+    /// Run inside a VM: does each GPU-class device sit on a CPU-less, online NUMA node holding
+    /// its HBM (SPM or normal), kept online by a Generic Initiator? Exit 0 when every GPU has its
+    /// HBM, 1 otherwise; each failure names what the host must change.
+    VerifyGuest(hbm_hook::verify_guest::cli::VerifyGuestArgs),
 }
 
 fn init_tracing() {
@@ -87,5 +91,6 @@ fn main() -> ExitCode {
         Command::OnDefineDomain(args) => hbm_hook::kubevirt_command::run_shim_define(&args),
         Command::PreCloudInitIso(args) => hbm_hook::kubevirt_command::run_shim_cloud_init(&args),
         Command::Libvirt(args) => ExitCode::from(hbm_hook::libvirt_hook::main(&args.call, args.config.as_deref())),
+        Command::VerifyGuest(args) => hbm_hook::verify_guest::cli::run(&args),
     }
 }
