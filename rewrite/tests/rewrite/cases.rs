@@ -4,30 +4,16 @@
 
 use hbm_rewrite::instructions::MemmapType;
 use hbm_rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, Rewritten, read_metadata, rewrite};
-use topology::{Health, Inventory, Memmap, PciAddress, Region, Source};
+use topology::{Health, Inventory, PciAddress, Region, Source};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-const SAMPLE: &str = include_str!("../../examples/domains/gpu-vm.xml");
-const SAMPLE_GOLDEN: &str = include_str!("../../examples/domains/gpu-vm.rewritten.xml");
+const SAMPLE: &str = include_str!("../../../examples/domains/gpu-vm.xml");
+const SAMPLE_GOLDEN: &str = include_str!("../../../examples/domains/gpu-vm.rewritten.xml");
 
+/// The fixture region of `gpu` (written as text) on host node `node`.
 fn region(gpu: &str, node: u32, size: u64) -> Region {
-    let gpu = PciAddress::parse(gpu).unwrap();
-    Region {
-        id: format!("{gpu}/node{node}"),
-        gpu,
-        host_node: Some(node),
-        size_bytes: size,
-        source: Source::Srat,
-        memmap: Memmap::Spm,
-        dax: None,
-        dax_align: None,
-        base: None,
-        online: true,
-        cpu_node: Some(0),
-        health: Health::Healthy,
-        reason: None,
-    }
+    topology::fixture::region(PciAddress::parse(gpu).unwrap(), node, size)
 }
 
 fn inventory(regions: Vec<Region>) -> Inventory {
