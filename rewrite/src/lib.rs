@@ -13,11 +13,13 @@ use topology::Inventory;
 
 use crate::instructions::MemmapType;
 
-mod apply;
 pub mod document;
+mod emit;
 pub mod instructions;
 mod layout;
+mod libvirt;
 pub mod metadata;
+mod plan;
 pub mod size;
 mod undo;
 
@@ -25,7 +27,7 @@ pub use layout::{GpaRange, guest_ranges};
 
 /// Host PCI addresses of the PCI `<hostdev>`s in a domain definition, in document order.
 pub fn pci_hostdevs(xml: &str) -> Result<Vec<topology::PciAddress>, RewriteError> {
-    Ok(apply::pci_hostdevs(&document::Document::parse(xml)?))
+    Ok(libvirt::pci_hostdevs(&document::Document::parse(xml)?))
 }
 pub use metadata::{ClaimedRegion, GpuPolicy, HbmMetadata, NAMESPACE, read_metadata};
 
@@ -227,9 +229,11 @@ pub fn rewrite(xml: &str, inventory: &Inventory, options: &RewriteOptions) -> Re
         }
         None => &doc,
     };
-    let policy = apply::Policy::resolve(options, meta.as_ref());
-    match apply::apply(base, inventory, &policy, options)? {
-        Some((out, lines)) => {
+    let policy = plan::select::Policy::resolve(options, meta.as_ref());
+    match plan::plan(base, inventory, &policy, options)? {
+        Some(plan) => {
+            let out = emit::emit(base, &plan);
+            let lines = plan.summary();
             if undone.is_some() && out == xml {
                 summary.clear();
             }

@@ -106,7 +106,7 @@ fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
     }
     let name = doc.name(idx);
     let prefix = name.split_once(':').map_or("", |(p, _)| p);
-    if !prefix.is_empty() && !super::apply::is_xml_name(prefix) {
+    if !prefix.is_empty() && !super::libvirt::is_xml_name(prefix) {
         return false;
     }
     let wanted = if prefix.is_empty() {

@@ -2,8 +2,8 @@
 
 use topology::PciAddress;
 
-use super::apply::{hostdev_source, is_pci_hostdev};
 use super::document::{Document, Edits};
+use super::libvirt::{hostdev_source, is_pci_hostdev};
 use super::metadata::{self, HbmMetadata, UndoOp};
 
 /// Splits an undo path into steps (`/` inside `[...]` does not split).

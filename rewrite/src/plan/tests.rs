@@ -1,0 +1,1 @@
+//! Plans of small definitions, whole: every decision with its exact outcome.
