@@ -40,3 +40,6 @@ pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>) -> String {
     record::emit_record(&mut writer, &plan.record());
     writer.finish()
 }
+
+#[cfg(test)]
+mod tests;
