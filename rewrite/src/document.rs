@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::reader::Reader;
 
 use super::RewriteError;
@@ -73,6 +73,180 @@ pub fn line_of(src: &str, offset: usize) -> usize {
     src.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
 }
 
+/// The index being built while quick-xml streams the events.
+struct Indexer<'a> {
+    src: &'a str,
+    elements: Vec<Element>,
+    /// Open elements, innermost last.
+    stack: Vec<usize>,
+    root: Option<usize>,
+}
+
+/// A malformed-input error at byte `offset`.
+fn malformed(src: &str, offset: usize, reason: impl Into<String>) -> RewriteError {
+    RewriteError::Malformed {
+        line: line_of(src, offset),
+        reason: reason.into(),
+    }
+}
+
+impl<'a> Indexer<'a> {
+    /// Indexes one event spanning `[before, after)` of the source.
+    fn event(&mut self, event: &Event<'_>, before: usize, after: usize) -> Result<(), RewriteError> {
+        match event {
+            Event::Start(start) => self.open(start, before, after, false),
+            Event::Empty(start) => self.open(start, before, after, true),
+            Event::End(_) => {
+                let start = self.markup_start(before, after);
+                if let Some(idx) = self.stack.pop() {
+                    self.elements[idx].close_start = start;
+                    self.elements[idx].end = after;
+                }
+                Ok(())
+            }
+            Event::Text(text) => {
+                if self.stack.is_empty() && !text.as_ref().trim().is_empty() {
+                    return Err(malformed(
+                        self.src,
+                        before,
+                        format!("text {:?} outside the root element", text.as_ref().trim()),
+                    ));
+                }
+                Ok(())
+            }
+            Event::GeneralRef(reference) => self.check_reference(reference, before),
+            Event::DocType(_) => Err(RewriteError::Doctype {
+                line: line_of(self.src, self.markup_start(before, after)),
+            }),
+            Event::CData(_) if self.stack.is_empty() => {
+                Err(malformed(self.src, before, "CDATA outside the root element"))
+            }
+            Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::Eof => Ok(()),
+        }
+    }
+
+    /// The event's own text starts at the first '<' at or after `before` for markup.
+    fn markup_start(&self, before: usize, after: usize) -> usize {
+        self.src
+            .get(before..after)
+            .and_then(|text| text.find('<'))
+            .map_or(before, |offset| before + offset)
+    }
+
+    /// Records a start tag (`self_closing`: `<x/>`).
+    fn open(
+        &mut self,
+        tag: &BytesStart<'_>,
+        before: usize,
+        after: usize,
+        self_closing: bool,
+    ) -> Result<(), RewriteError> {
+        let start = self.markup_start(before, after);
+        check_attributes(self.src, tag, start)?;
+        let parent = self.stack.last().copied();
+        let idx = self.elements.len();
+        if parent.is_none() {
+            if self.root.is_some() {
+                return Err(malformed(
+                    self.src,
+                    start,
+                    "a second top-level element after the root element",
+                ));
+            }
+            self.root = Some(idx);
+        }
+        let name_len = tag.name().as_ref().len();
+        self.elements.push(Element {
+            start,
+            tag_end: after,
+            close_start: after,
+            end: after,
+            name: (start + 1, start + 1 + name_len),
+            self_closing,
+            parent,
+            children: Vec::new(),
+        });
+        if let Some(parent) = parent {
+            self.elements[parent].children.push(idx);
+        }
+        if !self_closing {
+            self.stack.push(idx);
+        }
+        Ok(())
+    }
+
+    /// Accepts only the five predefined entities and valid character references, inside the root.
+    fn check_reference(&self, reference: &BytesRef<'_>, before: usize) -> Result<(), RewriteError> {
+        let known = reference.is_char_ref() || matches!(reference.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos");
+        if !known || self.stack.is_empty() {
+            return Err(malformed(
+                self.src,
+                before,
+                format!(
+                    "entity reference &{}; (only the five predefined entities are allowed)",
+                    reference.as_ref()
+                ),
+            ));
+        }
+        if reference.is_char_ref() && reference.resolve_char_ref().ok().flatten().is_none() {
+            return Err(malformed(
+                self.src,
+                before,
+                format!("invalid character reference &{};", reference.as_ref()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The finished document: every element closed, one root.
+    fn finish(self) -> Result<Document<'a>, RewriteError> {
+        if let Some(open) = self.stack.last() {
+            let element = &self.elements[*open];
+            return Err(malformed(
+                self.src,
+                element.start,
+                format!(
+                    "element <{}> is never closed",
+                    &self.src[element.name.0..element.name.1]
+                ),
+            ));
+        }
+        let root = self.root.ok_or(RewriteError::Malformed {
+            line: 1,
+            reason: "no root element".into(),
+        })?;
+        Ok(Document {
+            src: self.src,
+            elements: self.elements,
+            root,
+        })
+    }
+}
+
+/// quick-xml reads attributes lazily: checks them now (syntax, duplicates, names, no `<`).
+fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(), RewriteError> {
+    for attr in tag.attributes() {
+        let bad = |why: String| {
+            malformed(
+                src,
+                start,
+                format!("element <{}>: bad attribute: {why}", tag.name().as_ref()),
+            )
+        };
+        match attr {
+            Err(err) => return Err(bad(err.to_string())),
+            Ok(attr) if !is_attr_name(attr.key.as_ref()) => {
+                return Err(bad(format!("{:?} is not an attribute name", attr.key.as_ref())));
+            }
+            Ok(attr) if attr.value.contains('<') => {
+                return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl<'a> Document<'a> {
     /// Indexes `src`. Rejects what is not one well-formed element with optional prolog/comments,
     /// any DOCTYPE (so no entity declaration can ever be expanded) and unknown entity references.
@@ -81,136 +255,25 @@ impl<'a> Document<'a> {
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
-        let mut elements: Vec<Element> = Vec::with_capacity(src.len() / 40);
-        let mut stack: Vec<usize> = Vec::new();
-        let mut root = None;
+        let mut indexer = Indexer {
+            src,
+            elements: Vec::with_capacity(src.len() / 40),
+            stack: Vec::new(),
+            root: None,
+        };
         loop {
             let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-            let event = reader.read_event().map_err(|e| {
+            let event = reader.read_event().map_err(|err| {
                 let at = usize::try_from(reader.error_position()).unwrap_or(0);
-                RewriteError::Malformed {
-                    line: line_of(src, at),
-                    reason: e.to_string(),
-                }
+                malformed(src, at, err.to_string())
             })?;
-            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-            // The event's own text starts at the first '<' at or after `before` for markup.
-            let markup_start = || {
-                src.get(before..after)
-                    .and_then(|s| s.find('<'))
-                    .map_or(before, |i| before + i)
-            };
-            match event {
-                Event::Start(ref e) | Event::Empty(ref e) => {
-                    let start = markup_start();
-                    // quick-xml reads attributes lazily: check them now (syntax, duplicates).
-                    for attr in e.attributes() {
-                        let bad = |why: String| RewriteError::Malformed {
-                            line: line_of(src, start),
-                            reason: format!("element <{}>: bad attribute: {why}", e.name().as_ref()),
-                        };
-                        match attr {
-                            Err(err) => return Err(bad(err.to_string())),
-                            Ok(a) if !is_attr_name(a.key.as_ref()) => {
-                                return Err(bad(format!("{:?} is not an attribute name", a.key.as_ref())));
-                            }
-                            Ok(a) if a.value.contains('<') => {
-                                return Err(bad(format!("'<' in the value of {}", a.key.as_ref())));
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                    let self_closing = matches!(event, Event::Empty(_));
-                    let parent = stack.last().copied();
-                    if parent.is_none() {
-                        if root.is_some() {
-                            return Err(RewriteError::Malformed {
-                                line: line_of(src, start),
-                                reason: "a second top-level element after the root element".into(),
-                            });
-                        }
-                        root = Some(elements.len());
-                    }
-                    let name_len = e.name().as_ref().len();
-                    let idx = elements.len();
-                    elements.push(Element {
-                        start,
-                        tag_end: after,
-                        close_start: after,
-                        end: after,
-                        name: (start + 1, start + 1 + name_len),
-                        self_closing,
-                        parent,
-                        children: Vec::new(),
-                    });
-                    if let Some(p) = parent {
-                        elements[p].children.push(idx);
-                    }
-                    if !self_closing {
-                        stack.push(idx);
-                    }
-                }
-                Event::End(_) => {
-                    let start = markup_start();
-                    if let Some(idx) = stack.pop() {
-                        elements[idx].close_start = start;
-                        elements[idx].end = after;
-                    }
-                }
-                Event::Text(ref t) => {
-                    if stack.is_empty() && !t.as_ref().trim().is_empty() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!("text {:?} outside the root element", t.as_ref().trim()),
-                        });
-                    }
-                }
-                Event::GeneralRef(ref r) => {
-                    let known = r.is_char_ref() || matches!(r.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos");
-                    if !known || stack.is_empty() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!(
-                                "entity reference &{}; (only the five predefined entities are allowed)",
-                                r.as_ref()
-                            ),
-                        });
-                    }
-                    if r.is_char_ref() && r.resolve_char_ref().ok().flatten().is_none() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!("invalid character reference &{};", r.as_ref()),
-                        });
-                    }
-                }
-                Event::DocType(_) => {
-                    return Err(RewriteError::Doctype {
-                        line: line_of(src, markup_start()),
-                    });
-                }
-                Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {
-                    if stack.is_empty() && matches!(event, Event::CData(_)) {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: "CDATA outside the root element".into(),
-                        });
-                    }
-                }
-                Event::Eof => break,
+            if matches!(event, Event::Eof) {
+                break;
             }
+            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            indexer.event(&event, before, after)?;
         }
-        if let Some(open) = stack.last() {
-            let e = &elements[*open];
-            return Err(RewriteError::Malformed {
-                line: line_of(src, e.start),
-                reason: format!("element <{}> is never closed", &src[e.name.0..e.name.1]),
-            });
-        }
-        let root = root.ok_or(RewriteError::Malformed {
-            line: 1,
-            reason: "no root element".into(),
-        })?;
-        Ok(Self { src, elements, root })
+        indexer.finish()
     }
 
     pub fn name(&self, idx: usize) -> &'a str {
@@ -462,4 +525,101 @@ pub fn escape_attr(value: &str, quote: char) -> String {
 /// Escapes element text.
 pub fn escape_text(value: &str) -> String {
     value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(xml: &str) -> String {
+        Document::parse(xml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn elements_are_indexed_as_byte_ranges() {
+        let src = "<?xml version='1.0'?>\n<domain a='1'>\n  <x/>\n  <y b=\"2\">t</y>\n</domain>\n";
+        let doc = Document::parse(src).unwrap();
+        let children: Vec<usize> = doc.children(doc.root).collect();
+        assert_eq!(doc.name(doc.root), "domain");
+        assert_eq!(children.iter().map(|c| doc.name(*c)).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(doc.raw(children[0]), "<x/>");
+        assert!(doc.elements[children[0]].self_closing);
+        assert_eq!(doc.raw(children[1]), "<y b=\"2\">t</y>");
+        assert_eq!(doc.line(children[1]), 4);
+        assert_eq!(doc.indent(children[1]), Some("  "));
+        assert_eq!(
+            &src[doc.leading_ws_start(children[1])..doc.elements[children[1]].start],
+            "\n  "
+        );
+        let (start, end) = doc.inner(children[1]);
+        assert_eq!(&src[start..end], "t");
+        assert_eq!(doc.path(&["y"]), Some(children[1]));
+        assert_eq!(doc.path(&["z"]), None);
+    }
+
+    #[test]
+    fn attributes_and_text_are_unescaped() {
+        let doc = Document::parse("<d k='a&amp;b' q = \"x\"><t>a <!-- c --> &lt;b&gt; </t></d>").unwrap();
+        let attrs = doc.attrs(doc.root);
+        assert_eq!(
+            attrs.iter().map(|a| (a.name, a.raw)).collect::<Vec<_>>(),
+            [("k", "a&amp;b"), ("q", "x")]
+        );
+        assert_eq!(doc.attr(doc.root, "k").as_deref(), Some("a&b"));
+        assert_eq!(doc.attr(doc.root, "missing"), None);
+        let text = doc.child(doc.root, "t").unwrap();
+        assert_eq!(doc.text(text), "a  <b>");
+    }
+
+    #[test]
+    fn namespace_prefixes_are_found_on_the_root() {
+        let doc = Document::parse("<d xmlns='urn:a' xmlns:q='urn:q'><q:x/></d>").unwrap();
+        assert_eq!(doc.root_prefix_for("urn:q").as_deref(), Some("q"));
+        assert_eq!(doc.root_prefix_for("urn:a").as_deref(), Some(""));
+        assert_eq!(doc.root_prefix_for("urn:z"), None);
+        assert_eq!(doc.local_name(doc.children(doc.root).next().unwrap()), "x");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_with_its_line() {
+        let mismatch = Document::parse("<a>\n<b>\n</a>").unwrap_err();
+        assert!(
+            matches!(mismatch, RewriteError::Malformed { line: 3, .. }),
+            "{mismatch:?}"
+        );
+        assert!(reason("<a/><b/>").contains("a second top-level element"));
+        assert!(reason("<a/>x").contains("text \"x\" outside the root element"));
+        assert!(reason("<a>").contains("element <a> is never closed"));
+        assert!(reason("").contains("no root element"));
+        assert!(reason("<a>&foo;</a>").contains("entity reference &foo;"));
+        assert!(reason("<a>&#0;</a>").contains("invalid character reference"));
+        assert!(reason("<a b='<'/>").contains("bad attribute"));
+        assert!(reason("<a b='1' b='2'/>").contains("bad attribute"));
+        assert_eq!(
+            Document::parse("<?xml version='1.0'?>\n<!DOCTYPE a [<!ENTITY x 'y'>]><a/>").unwrap_err(),
+            RewriteError::Doctype { line: 2 }
+        );
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_skip_edits_inside_a_wider_one() {
+        let mut edits = Edits::default();
+        assert!(edits.is_empty());
+        edits.insert(3, "X");
+        edits.insert(3, "Y");
+        edits.replace(0, 2, "ab");
+        edits.replace(5, 9, "-");
+        edits.replace(6, 7, "never");
+        assert_eq!(edits.apply("0123456789"), "ab2XY34-9");
+    }
+
+    #[test]
+    fn escaping_for_attributes_and_text() {
+        assert_eq!(escape_attr("a'b\"c<&>\n", '\''), "a&apos;b\"c&lt;&amp;&gt;&#10;");
+        assert_eq!(escape_attr("a'b\"c\t\r", '"'), "a'b&quot;c&#9;&#13;");
+        assert_eq!(escape_text("a<b>&'\""), "a&lt;b&gt;&amp;'\"");
+        assert!(is_xml_space(b'\t') && !is_xml_space(0x0c));
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a", 99), 1);
+    }
 }
