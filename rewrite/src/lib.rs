@@ -5,6 +5,15 @@
 //!
 //! API contract used by the front ends (CLI, KubeVirt sidecar, libvirt hook):
 //! `rewrite(xml, &inventory, &options) -> Result<Rewritten, RewriteError>`.
+//!
+//! Where to start reading: [`rewrite`] (below) indexes the document ([`document`]), takes back
+//! what an earlier run recorded (`undo`), then calls `plan::plan`, which decides everything that
+//! will be added (one small function per decision, under `plan/`) and returns a `Plan`; then
+//! `emit::emit` writes that plan into the definition, one file per addition under `emit/`
+//! (cells, host binding, expander, Generic Initiator, SPM marking, the record in [`metadata`]).
+//! The summary lines come from the plan (`plan/summary.rs`). `libvirt` reads the elements the
+//! decisions look at, `layout` is the q35 guest-physical layout, [`instructions`] the wire form
+//! the QEMU argv adapter reads.
 
 use std::fmt;
 use std::str::FromStr;
