@@ -1,11 +1,11 @@
 //! Emission of small one-line definitions, exact to the byte.
 
+use topology::PciAddress;
 use topology::fixture::region;
-use topology::{Inventory, PciAddress};
 
 use super::*;
-use crate::plan::plan;
 use crate::plan::select::Policy;
+use crate::plan::{inventory_of, plan};
 use crate::{Dialect, RewriteOptions};
 
 const GPU: PciAddress = PciAddress::new(0, 0x41, 0, 0);
@@ -18,8 +18,7 @@ fn emitted(memory: &str, hbm_bytes: u64) -> String {
         "<domain>{memory}<os><type machine='q35'>hvm</type></os><features><acpi/></features><devices>{HOSTDEV}</devices><metadata/></domain>"
     );
     let doc = Document::parse(&xml).unwrap();
-    let mut inventory = Inventory::empty("/");
-    inventory.regions.push(region(GPU, 2, hbm_bytes));
+    let inventory = inventory_of(vec![region(GPU, 2, hbm_bytes)]);
     let options = RewriteOptions {
         dialect: Dialect::None,
         native_generic_initiator: true,

@@ -202,5 +202,13 @@ fn plan_targets<'i>(
     Ok(targets)
 }
 
+/// A host inventory holding `regions` (for the crate's unit tests).
+#[cfg(test)]
+pub(crate) fn inventory_of(regions: Vec<topology::Region>) -> Inventory {
+    let mut inventory = Inventory::empty("/");
+    inventory.regions = regions;
+    inventory
+}
+
 #[cfg(test)]
 mod tests;

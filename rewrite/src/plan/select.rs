@@ -180,6 +180,7 @@ mod tests {
     use topology::fixture::region;
 
     use super::*;
+    use crate::plan::inventory_of;
 
     const GIB: u64 = 1 << 30;
     const GPU: PciAddress = PciAddress::new(0, 0x41, 0, 0);
@@ -188,12 +189,6 @@ mod tests {
         format!(
             "<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x{bus:02x}' slot='0x00' function='0x0'/></source>{extra}</hostdev>"
         )
-    }
-
-    fn inventory(regions: Vec<Region>) -> Inventory {
-        let mut inventory = Inventory::empty("/");
-        inventory.regions = regions;
-        inventory
     }
 
     fn policy(mode: PolicyMode, gpus: Vec<GpuPolicy>) -> Policy {
@@ -231,7 +226,7 @@ mod tests {
 
     #[test]
     fn auto_selects_gpus_with_hbm_and_skips_the_others() {
-        let inv = inventory(vec![region(GPU, 2, GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, GIB)]);
         let devices = format!("{}{}", hostdev(0x41, ""), hostdev(0x42, ""));
         assert_eq!(
             select(&devices, &inv, &policy(PolicyMode::Auto, vec![])),
@@ -241,7 +236,7 @@ mod tests {
 
     #[test]
     fn off_selects_nothing_and_required_refuses_a_gpu_without_hbm() {
-        let inv = inventory(vec![region(GPU, 2, GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, GIB)]);
         assert_eq!(
             select(&hostdev(0x41, ""), &inv, &policy(PolicyMode::Off, vec![])),
             Ok(vec![])
@@ -256,7 +251,7 @@ mod tests {
 
     #[test]
     fn per_gpu_override_selects_listed_regions_with_its_own_cap() {
-        let inv = inventory(vec![region(GPU, 2, 4 * GIB), region(GPU, 3, 4 * GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, 4 * GIB), region(GPU, 3, 4 * GIB)]);
         let gpu = GpuPolicy {
             address: GPU,
             mode: Some(PolicyMode::Required),
@@ -280,19 +275,19 @@ mod tests {
             online: false,
             ..region(GPU, 3, GIB)
         };
-        let inv = inventory(vec![sick, offline]);
+        let inv = inventory_of(vec![sick, offline]);
         assert_eq!(
             select(&hostdev(0x41, ""), &inv, &policy(PolicyMode::Auto, vec![])),
             Ok(vec![])
         );
-        let inv = inventory(vec![region(GPU, 2, GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, GIB)]);
         let unassigned = hostdev(0x41, "<address type='unassigned'/>");
         assert_eq!(select(&unassigned, &inv, &policy(PolicyMode::Auto, vec![])), Ok(vec![]));
     }
 
     #[test]
     fn a_gpu_passed_through_twice_collides() {
-        let inv = inventory(vec![region(GPU, 2, GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, GIB)]);
         let devices = format!("{}{}", hostdev(0x41, ""), hostdev(0x41, ""));
         let err = select(&devices, &inv, &policy(PolicyMode::Auto, vec![])).unwrap_err();
         assert_eq!(err.exit_code(), 2);
@@ -304,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_cap_below_2_mib_is_bad_input() {
-        let inv = inventory(vec![region(GPU, 2, GIB)]);
+        let inv = inventory_of(vec![region(GPU, 2, GIB)]);
         let capped = Policy {
             size_cap: Some(1 << 20),
             ..policy(PolicyMode::Auto, vec![])

@@ -1,7 +1,7 @@
 //! Plans of small definitions, whole: every decision with its exact outcome.
 
 use topology::fixture::region;
-use topology::{Inventory, PciAddress, Region};
+use topology::{Inventory, PciAddress};
 
 use super::*;
 use crate::instructions::Instruction;
@@ -17,12 +17,6 @@ fn domain(extra: &str, hostdev_extra: &str) -> String {
     )
 }
 
-fn inventory(regions: Vec<Region>) -> Inventory {
-    let mut inventory = Inventory::empty("/");
-    inventory.regions = regions;
-    inventory
-}
-
 fn plan_of<'i>(
     xml: &str,
     inventory: &'i Inventory,
@@ -35,7 +29,7 @@ fn plan_of<'i>(
 
 #[test]
 fn one_gpu_on_a_domain_without_numa() {
-    let inv = inventory(vec![region(GPU, 2, GIB)]);
+    let inv = inventory_of(vec![region(GPU, 2, GIB)]);
     let xml = domain("", "");
     let plan = plan_of(&xml, &inv, &RewriteOptions::default()).unwrap().unwrap();
     assert_eq!(
@@ -102,7 +96,7 @@ fn one_gpu_on_a_domain_without_numa() {
 
 #[test]
 fn sp_mem_with_native_generic_initiator_needs_the_adapter_not_the_gi_objects() {
-    let inv = inventory(vec![region(GPU, 2, GIB), region(GPU, 3, GIB)]);
+    let inv = inventory_of(vec![region(GPU, 2, GIB), region(GPU, 3, GIB)]);
     let options = RewriteOptions {
         dialect: Dialect::SpMem,
         native_generic_initiator: true,
@@ -141,7 +135,7 @@ fn sp_mem_with_native_generic_initiator_needs_the_adapter_not_the_gi_objects() {
 
 #[test]
 fn native_generic_initiator_without_instructions_declares_no_namespace() {
-    let inv = inventory(vec![region(GPU, 2, GIB)]);
+    let inv = inventory_of(vec![region(GPU, 2, GIB)]);
     let options = RewriteOptions {
         dialect: Dialect::None,
         native_generic_initiator: true,
@@ -166,7 +160,7 @@ fn nothing_selected_is_no_plan_and_a_wrong_root_is_bad_input() {
         policy: PolicyMode::Off,
         ..RewriteOptions::default()
     };
-    let inv = inventory(vec![region(GPU, 2, GIB)]);
+    let inv = inventory_of(vec![region(GPU, 2, GIB)]);
     assert_eq!(plan_of(&domain("", ""), &inv, &off), Ok(None));
     assert_eq!(plan_of("<domain/>", &inv, &options), Ok(None));
     let err = plan_of("<network/>", &inv, &options).unwrap_err();
@@ -185,7 +179,7 @@ fn metadata_policy_overrides_the_host_defaults() {
     let policy = Policy::resolve(&options, Some(&meta));
     let xml = domain("", "");
     let doc = Document::parse(&xml).unwrap();
-    let inv = inventory(vec![region(GPU, 2, 4 * GIB)]);
+    let inv = inventory_of(vec![region(GPU, 2, 4 * GIB)]);
     let planned = plan(&doc, &inv, &policy, &options).unwrap().unwrap();
     assert_eq!(
         (planned.targets[0].dialect, planned.targets[0].cells[0].size),
