@@ -112,15 +112,8 @@ pub(crate) fn plan<'i>(
     policy: &Policy,
     options: &RewriteOptions,
 ) -> Result<Option<Plan<'i>>, RewriteError> {
-    let root = doc.root;
-    if doc.name(root) != "domain" {
-        return Err(invalid(
-            doc,
-            root,
-            "the root element must be <domain> (a libvirt domain definition)",
-        ));
-    }
-    let Some(devices) = doc.child(root, "devices") else {
+    check_root(doc)?;
+    let Some(devices) = doc.child(doc.root, "devices") else {
         return Ok(None);
     };
     let hostdevs = pci_hostdev_elements(doc, devices);
@@ -134,16 +127,7 @@ pub(crate) fn plan<'i>(
     let os = check_machine(doc)?;
     let cells = guest_cells(doc)?;
     let targets = plan_targets(doc, devices, selected, cells.first_new_id)?;
-    let sizes: Vec<u64> = cells
-        .existing
-        .iter()
-        .map(|cell| cell.1)
-        .chain(
-            targets
-                .iter()
-                .flat_map(|target| target.cells.iter().map(|cell| cell.size)),
-        )
-        .collect();
+    let sizes = cell_sizes(&cells, &targets);
     let ranges = guest_ranges(&sizes);
     let marking = spm_marking(doc, os, &targets, ranges.get(cells.existing.len()..).unwrap_or(&[]))?;
     let native = options.native_generic_initiator;
@@ -168,6 +152,32 @@ pub(crate) fn plan<'i>(
         marking,
         adapter_path: options.adapter_path.clone(),
     }))
+}
+
+/// Refuses a document that is not a libvirt domain definition.
+fn check_root(doc: &Document<'_>) -> Result<(), RewriteError> {
+    if doc.name(doc.root) == "domain" {
+        return Ok(());
+    }
+    Err(invalid(
+        doc,
+        doc.root,
+        "the root element must be <domain> (a libvirt domain definition)",
+    ))
+}
+
+/// The sizes of all guest cells in cell order: the existing ones, then the new ones.
+fn cell_sizes(cells: &GuestCells, targets: &[Target<'_>]) -> Vec<u64> {
+    cells
+        .existing
+        .iter()
+        .map(|cell| cell.1)
+        .chain(
+            targets
+                .iter()
+                .flat_map(|target| target.cells.iter().map(|cell| cell.size)),
+        )
+        .collect()
 }
 
 /// Numbers the cells and places the expander and alias of every selected hostdev.
