@@ -277,14 +277,14 @@ impl<'a> Document<'a> {
     }
 
     pub fn name(&self, idx: usize) -> &'a str {
-        let e = &self.elements[idx];
-        &self.src[e.name.0..e.name.1]
+        let element = &self.elements[idx];
+        &self.src[element.name.0..element.name.1]
     }
 
     /// Name without its namespace prefix.
     pub fn local_name(&self, idx: usize) -> &'a str {
-        let n = self.name(idx);
-        n.rsplit_once(':').map_or(n, |(_, l)| l)
+        let name = self.name(idx);
+        name.rsplit_once(':').map_or(name, |(_, local)| local)
     }
 
     pub fn line(&self, idx: usize) -> usize {
@@ -293,8 +293,8 @@ impl<'a> Document<'a> {
 
     /// The element's full text.
     pub fn raw(&self, idx: usize) -> &'a str {
-        let e = &self.elements[idx];
-        &self.src[e.start..e.end]
+        let element = &self.elements[idx];
+        &self.src[element.start..element.end]
     }
 
     pub fn children(&self, idx: usize) -> impl Iterator<Item = usize> + '_ {
@@ -303,48 +303,48 @@ impl<'a> Document<'a> {
 
     /// First child named `name` (qualified name as written).
     pub fn child(&self, idx: usize, name: &str) -> Option<usize> {
-        self.children(idx).find(|c| self.name(*c) == name)
+        self.children(idx).find(|child| self.name(*child) == name)
     }
 
     pub fn children_named<'s>(&'s self, idx: usize, name: &'s str) -> impl Iterator<Item = usize> + 's {
-        self.children(idx).filter(move |c| self.name(*c) == name)
+        self.children(idx).filter(move |child| self.name(*child) == name)
     }
 
     /// Attributes of the start tag, in document order.
     pub fn attrs(&self, idx: usize) -> Vec<Attr<'a>> {
-        let e = &self.elements[idx];
+        let element = &self.elements[idx];
         let src = self.src;
         let bytes = src.as_bytes();
         let mut out = Vec::new();
-        let mut i = e.name.1;
-        let end = if e.self_closing {
-            e.tag_end.saturating_sub(2)
+        let mut pos = element.name.1;
+        let end = if element.self_closing {
+            element.tag_end.saturating_sub(2)
         } else {
-            e.tag_end.saturating_sub(1)
+            element.tag_end.saturating_sub(1)
         };
         loop {
-            while i < end && is_xml_space(bytes[i]) {
-                i += 1;
+            while pos < end && is_xml_space(bytes[pos]) {
+                pos += 1;
             }
-            if i >= end {
+            if pos >= end {
                 break;
             }
-            let name_start = i;
-            while i < end && bytes[i] != b'=' && !is_xml_space(bytes[i]) {
-                i += 1;
+            let name_start = pos;
+            while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
+                pos += 1;
             }
-            let name_end = i;
-            while i < end && (is_xml_space(bytes[i]) || bytes[i] == b'=') {
-                i += 1;
+            let name_end = pos;
+            while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
+                pos += 1;
             }
-            if i >= end {
+            if pos >= end {
                 break;
             }
-            let quote = bytes[i];
+            let quote = bytes[pos];
             if quote != b'"' && quote != b'\'' {
                 break;
             }
-            let value_start = i + 1;
+            let value_start = pos + 1;
             let Some(len) = src[value_start..end].find(quote as char) else {
                 break;
             };
@@ -356,7 +356,7 @@ impl<'a> Document<'a> {
                 end: value_end + 1,
                 value: (value_start, value_end),
             });
-            i = value_end + 1;
+            pos = value_end + 1;
         }
         out
     }
@@ -364,34 +364,34 @@ impl<'a> Document<'a> {
     pub fn attr(&self, idx: usize, name: &str) -> Option<Cow<'a, str>> {
         self.attrs(idx)
             .into_iter()
-            .find(|a| a.name == name)
-            .map(|a| quick_xml::escape::unescape(a.raw).unwrap_or(Cow::Borrowed(a.raw)))
+            .find(|attr| attr.name == name)
+            .map(|attr| quick_xml::escape::unescape(attr.raw).unwrap_or(Cow::Borrowed(attr.raw)))
     }
 
     /// Text content (unescaped, comments and child elements skipped), trimmed.
     pub fn text(&self, idx: usize) -> String {
-        let e = &self.elements[idx];
-        if e.self_closing {
+        let element = &self.elements[idx];
+        if element.self_closing {
             return String::new();
         }
         let mut out = String::new();
-        let mut pos = e.tag_end;
-        for c in &e.children {
-            out.push_str(&self.src[pos..self.elements[*c].start]);
-            pos = self.elements[*c].end;
+        let mut pos = element.tag_end;
+        for child in &element.children {
+            out.push_str(&self.src[pos..self.elements[*child].start]);
+            pos = self.elements[*child].end;
         }
-        out.push_str(&self.src[pos..e.close_start]);
+        out.push_str(&self.src[pos..element.close_start]);
         let out = strip_comments(&out);
         let trimmed = out.trim();
         quick_xml::escape::unescape(trimmed)
-            .map(|c| c.into_owned())
+            .map(|text| text.into_owned())
             .unwrap_or_else(|_| trimmed.to_string())
     }
 
     /// Range of the text between the tags (for elements without child elements).
     pub fn inner(&self, idx: usize) -> (usize, usize) {
-        let e = &self.elements[idx];
-        (e.tag_end, e.close_start)
+        let element = &self.elements[idx];
+        (element.tag_end, element.close_start)
     }
 
     /// Whitespace between the last newline and the element's `<` (its indentation), if the
@@ -401,18 +401,18 @@ impl<'a> Document<'a> {
         let before = &self.src[..start];
         let line_start = before.rfind('\n')? + 1;
         let ws = &before[line_start..];
-        ws.chars().all(|c| c == ' ' || c == '\t').then_some(ws)
+        ws.chars().all(|ch| ch == ' ' || ch == '\t').then_some(ws)
     }
 
     /// Start offset of the whitespace run directly before `idx` (its indentation and newline).
     pub fn leading_ws_start(&self, idx: usize) -> usize {
         let start = self.elements[idx].start;
         let before = &self.src.as_bytes()[..start];
-        let mut i = start;
-        while i > 0 && is_xml_space(before[i - 1]) {
-            i -= 1;
+        let mut pos = start;
+        while pos > 0 && is_xml_space(before[pos - 1]) {
+            pos -= 1;
         }
-        i
+        pos
     }
 
     /// Walks `path` (child names) from the root; `None` when a step is missing.
@@ -430,14 +430,14 @@ impl<'a> Document<'a> {
     }
 
     pub fn prefix_on(&self, idx: usize, ns: &str) -> Option<String> {
-        self.attrs(idx).into_iter().find_map(|a| {
-            if a.value() != ns {
+        self.attrs(idx).into_iter().find_map(|attr| {
+            if attr.value() != ns {
                 return None;
             }
-            if a.name == "xmlns" {
+            if attr.name == "xmlns" {
                 Some(String::new())
             } else {
-                a.name.strip_prefix("xmlns:").map(str::to_string)
+                attr.name.strip_prefix("xmlns:").map(str::to_string)
             }
         })
     }
@@ -486,8 +486,9 @@ impl Edits {
     /// Applies the edits to `src`. An edit lying inside an earlier-starting wider replacement is
     /// dropped (a restored or removed parent already covers it).
     pub fn apply(mut self, src: &str) -> String {
-        self.items.sort_by(|a, b| a.0.cmp(&b.0).then(a.3.cmp(&b.3)));
-        let extra: usize = self.items.iter().map(|i| i.2.len()).sum();
+        self.items
+            .sort_by(|first, second| first.0.cmp(&second.0).then(first.3.cmp(&second.3)));
+        let extra: usize = self.items.iter().map(|item| item.2.len()).sum();
         let mut out = String::with_capacity(src.len() + extra);
         let mut pos = 0;
         for (start, end, text, _) in self.items {
@@ -506,8 +507,8 @@ impl Edits {
 /// Escapes text for an attribute value quoted with `quote`.
 pub fn escape_attr(value: &str, quote: char) -> String {
     let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
+    for ch in value.chars() {
+        match ch {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -516,7 +517,7 @@ pub fn escape_attr(value: &str, quote: char) -> String {
             '\n' => out.push_str("&#10;"),
             '\r' => out.push_str("&#13;"),
             '\t' => out.push_str("&#9;"),
-            c => out.push(c),
+            other => out.push(other),
         }
     }
     out

@@ -180,12 +180,12 @@ fn parse_fields(kind: &str, fields: &str) -> Result<Fields, InstructionError> {
 
 /// The wire form of `instructions` (inverse of [`parse`]).
 pub fn render(instructions: &[Instruction]) -> String {
-    let mut s = String::from(VERSION);
-    for i in instructions {
-        s.push(';');
-        s.push_str(&i.to_string());
+    let mut wire = String::from(VERSION);
+    for instruction in instructions {
+        wire.push(';');
+        wire.push_str(&instruction.to_string());
     }
-    s
+    wire
 }
 
 impl fmt::Display for Instruction {

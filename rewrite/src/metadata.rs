@@ -84,7 +84,7 @@ pub struct HbmMetadata {
 impl HbmMetadata {
     /// The override for `gpu`, if any.
     pub fn gpu(&self, gpu: PciAddress) -> Option<&GpuPolicy> {
-        self.gpus.iter().find(|g| g.address == gpu)
+        self.gpus.iter().find(|policy| policy.address == gpu)
     }
 }
 
@@ -97,7 +97,7 @@ pub fn read_metadata(xml: &str) -> Result<Option<HbmMetadata>, RewriteError> {
 /// The `hbm:passthrough` element under `<metadata>`, if any.
 pub(crate) fn element(doc: &Document<'_>) -> Option<usize> {
     let metadata = doc.child(doc.root, "metadata")?;
-    doc.children(metadata).find(|c| is_ours(doc, *c))
+    doc.children(metadata).find(|child| is_ours(doc, *child))
 }
 
 fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
@@ -116,16 +116,18 @@ fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
     };
     doc.attrs(idx)
         .iter()
-        .any(|a| a.name == wanted && a.value() == NAMESPACE)
+        .any(|attr| attr.name == wanted && attr.value() == NAMESPACE)
 }
 
 /// Child of our element with local name `local`.
 pub(crate) fn child(doc: &Document<'_>, ours: usize, local: &str) -> Option<usize> {
-    let prefix = doc.name(ours).split_once(':').map(|(p, _)| p);
-    doc.children(ours).find(|c| {
-        let n = doc.name(*c);
-        let (p, l) = n.split_once(':').map_or((None, n), |(p, l)| (Some(p), l));
-        p == prefix && l == local
+    let prefix = doc.name(ours).split_once(':').map(|(own, _)| own);
+    doc.children(ours).find(|candidate| {
+        let name = doc.name(*candidate);
+        let (own, candidate_local) = name
+            .split_once(':')
+            .map_or((None, name), |(own, rest)| (Some(own), rest));
+        own == prefix && candidate_local == local
     })
 }
 
@@ -141,8 +143,8 @@ fn bad(doc: &Document<'_>, idx: usize, reason: String) -> RewriteError {
 pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, RewriteError> {
     let Some(ours) = element(doc) else { return Ok(None) };
     let mut meta = HbmMetadata {
-        mode: parse_attr(doc, ours, "mode", |s| s.parse::<PolicyMode>())?,
-        dialect: parse_attr(doc, ours, "dialect", |s| s.parse::<Dialect>())?,
+        mode: parse_attr(doc, ours, "mode", |text| text.parse::<PolicyMode>())?,
+        dialect: parse_attr(doc, ours, "dialect", |text| text.parse::<Dialect>())?,
         size_cap_bytes: parse_attr(doc, ours, "size-cap", parse_size)?,
         ..HbmMetadata::default()
     };
@@ -185,8 +187,8 @@ fn read_gpu(doc: &Document<'_>, gpu: usize, known: &[GpuPolicy]) -> Result<GpuPo
     }
     Ok(GpuPolicy {
         address,
-        mode: parse_attr(doc, gpu, "mode", |s| s.parse::<PolicyMode>())?,
-        dialect: parse_attr(doc, gpu, "dialect", |s| s.parse::<Dialect>())?,
+        mode: parse_attr(doc, gpu, "mode", |text| text.parse::<PolicyMode>())?,
+        dialect: parse_attr(doc, gpu, "dialect", |text| text.parse::<Dialect>())?,
         size_cap_bytes: parse_attr(doc, gpu, "size-cap", parse_size)?,
         regions: doc.attr(gpu, "regions").map(|regions| {
             regions
@@ -270,7 +272,7 @@ fn parse_attr<T, E: std::fmt::Display>(
         None => Ok(None),
         Some(v) => parse(&v)
             .map(Some)
-            .map_err(|e| bad(doc, idx, format!("attribute {name}: {e}"))),
+            .map_err(|err| bad(doc, idx, format!("attribute {name}: {err}"))),
     }
 }
 
@@ -284,64 +286,74 @@ fn required<T, E: std::fmt::Display>(
 }
 
 /// Renders the `applied` record (one line per entry; `\n` marks where indentation goes).
-pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[UndoOp], q: char) -> String {
-    let p = if prefix.is_empty() {
+pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[UndoOp], quote: char) -> String {
+    let qualifier = if prefix.is_empty() {
         String::new()
     } else {
         format!("{prefix}:")
     };
-    let a = |v: &str| escape_attr(v, q);
-    let mut s = format!("<{p}applied>");
-    for r in claimed {
-        s.push_str(&format!("\n  <{p}region id={q}{}{q} gpu={q}{}{q}", a(&r.id), r.gpu));
-        if let Some(n) = r.host_node {
-            s.push_str(&format!(" host-node={q}{n}{q}"));
+    let escaped = |value: &str| escape_attr(value, quote);
+    let mut out = format!("<{qualifier}applied>");
+    for region in claimed {
+        out.push_str(&format!(
+            "\n  <{qualifier}region id={quote}{}{quote} gpu={quote}{}{quote}",
+            escaped(&region.id),
+            region.gpu
+        ));
+        if let Some(host_node) = region.host_node {
+            out.push_str(&format!(" host-node={quote}{host_node}{quote}"));
         }
-        if let Some(d) = &r.dax {
-            s.push_str(&format!(" dax={q}{}{q}", a(d)));
+        if let Some(dax) = &region.dax {
+            out.push_str(&format!(" dax={quote}{}{quote}", escaped(dax)));
         }
-        s.push_str(&format!(" size={q}{}{q} cell={q}{}{q}/>", r.size_bytes, r.guest_cell));
+        out.push_str(&format!(
+            " size={quote}{}{quote} cell={quote}{}{quote}/>",
+            region.size_bytes, region.guest_cell
+        ));
     }
     for op in undo {
         match op {
             UndoOp::Remove { at, previous } => {
-                s.push_str(&format!("\n  <{p}undo op={q}remove{q} at={q}{}{q}", a(at)));
+                out.push_str(&format!(
+                    "\n  <{qualifier}undo op={quote}remove{quote} at={quote}{}{quote}",
+                    escaped(at)
+                ));
                 if let Some(prev) = previous {
-                    s.push_str(&format!(" previous={q}{}{q}", a(prev)));
+                    out.push_str(&format!(" previous={quote}{}{quote}", escaped(prev)));
                 }
-                s.push_str("/>");
+                out.push_str("/>");
             }
             UndoOp::Restore { at, raw } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}restore{q} at={q}{}{q} raw={q}{}{q}/>",
-                    a(at),
-                    a(raw)
+                out.push_str(&format!(
+                    "\n  <{qualifier}undo op={quote}restore{quote} at={quote}{}{quote} raw={quote}{}{quote}/>",
+                    escaped(at),
+                    escaped(raw)
                 ));
             }
             UndoOp::RemoveRootAttr { name } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}remove-root-attr{q} name={q}{}{q}/>",
-                    a(name)
+                out.push_str(&format!(
+                    "\n  <{qualifier}undo op={quote}remove-root-attr{quote} name={quote}{}{quote}/>",
+                    escaped(name)
                 ));
             }
             UndoOp::Collapse { at, tail } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}collapse{q} at={q}{}{q} tail={q}{}{q}/>",
-                    a(at),
-                    a(tail)
+                out.push_str(&format!(
+                    "\n  <{qualifier}undo op={quote}collapse{quote} at={quote}{}{quote} tail={quote}{}{quote}/>",
+                    escaped(at),
+                    escaped(tail)
                 ));
             }
             UndoOp::StripText { at, text } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}strip-text{q} at={q}{}{q} text={q}{}{q}/>",
-                    a(at),
-                    a(text)
+                out.push_str(&format!(
+                    "\n  <{qualifier}undo op={quote}strip-text{quote} at={quote}{}{quote} text={quote}{}{quote}/>",
+                    escaped(at),
+                    escaped(text)
                 ));
             }
         }
     }
-    s.push_str(&format!("\n</{p}applied>"));
-    s
+    out.push_str(&format!("\n</{qualifier}applied>"));
+    out
 }
 
 #[cfg(test)]

@@ -32,42 +32,43 @@ fn steps(path: &str) -> Vec<&str> {
 /// finds the elements it changes in place), except the last step with `last_match`: additions are
 /// appended, so the rewriter's own element is the last one matching.
 pub(crate) fn resolve(doc: &Document<'_>, path: &str, last_match: bool) -> Option<usize> {
-    let mut cur = doc.root;
-    let all = steps(path);
-    for (i, step) in all.iter().enumerate() {
+    let mut current = doc.root;
+    let all_steps = steps(path);
+    for (position, step) in all_steps.iter().enumerate() {
         let step = *step;
-        let last = last_match && i + 1 == all.len();
+        let is_last = last_match && position + 1 == all_steps.len();
         let (name, keys) = match step.split_once('[') {
-            Some((n, rest)) => (
-                n,
-                rest.trim_end_matches(']')
+            Some((element_name, keys_text)) => (
+                element_name,
+                keys_text
+                    .trim_end_matches(']')
                     .split("][")
-                    .filter_map(|k| k.split_once('='))
+                    .filter_map(|key| key.split_once('='))
                     .collect(),
             ),
             None => (step, Vec::new()),
         };
-        cur = match name {
-            "{hbm}" => metadata::element(doc).filter(|e| doc.elements[*e].parent == Some(cur))?,
-            "{applied}" => metadata::child(doc, cur, "applied")?,
+        current = match name {
+            "{hbm}" => metadata::element(doc).filter(|ours| doc.elements[*ours].parent == Some(current))?,
+            "{applied}" => metadata::child(doc, current, "applied")?,
             _ => {
-                let mut matching = doc.children(cur).filter(|c| {
-                    doc.name(*c) == name
-                        && keys.iter().all(|(k, v)| match *k {
+                let mut matching = doc.children(current).filter(|child| {
+                    doc.name(*child) == name
+                        && keys.iter().all(|(key, value)| match *key {
                             "source" => {
-                                is_pci_hostdev(doc, *c)
-                                    && PciAddress::parse(v)
+                                is_pci_hostdev(doc, *child)
+                                    && PciAddress::parse(value)
                                         .ok()
-                                        .is_some_and(|want| hostdev_source(doc, *c) == Some(want))
+                                        .is_some_and(|want| hostdev_source(doc, *child) == Some(want))
                             }
-                            k => doc.attr(*c, k).is_some_and(|a| a == *v),
+                            key => doc.attr(*child, key).is_some_and(|actual| actual == *value),
                         })
                 });
-                if last { matching.last()? } else { matching.next()? }
+                if is_last { matching.last()? } else { matching.next()? }
             }
         };
     }
-    Some(cur)
+    Some(current)
 }
 
 /// The `qemu:arg` right before `idx` when its value is `value` (the `-object` of a pair).
@@ -75,9 +76,10 @@ fn previous_arg(doc: &Document<'_>, idx: usize, value: Option<&str>) -> Option<u
     let value = value?;
     let parent = doc.elements[idx].parent?;
     let sibs = &doc.elements[parent].children;
-    let pos = sibs.iter().position(|c| *c == idx)?;
+    let pos = sibs.iter().position(|sibling| *sibling == idx)?;
     let prev = *sibs.get(pos.checked_sub(1)?)?;
-    (doc.local_name(prev) == "arg" && doc.attr(prev, "value").is_some_and(|v| v == value)).then_some(prev)
+    (doc.local_name(prev) == "arg" && doc.attr(prev, "value").is_some_and(|arg_value| arg_value == value))
+        .then_some(prev)
 }
 
 /// The document without the recorded additions and without the record itself.

@@ -152,7 +152,7 @@ impl Controllers {
 /// A controller's `model`, empty when unset.
 fn model(doc: &Document<'_>, controller: usize) -> String {
     doc.attr(controller, "model")
-        .map(|m| m.into_owned())
+        .map(|model| model.into_owned())
         .unwrap_or_default()
 }
 

@@ -71,7 +71,7 @@ fn existing_cells(doc: &Document<'_>, numa: usize) -> Result<Vec<(u32, u64)>, Re
                 .map_err(|_| invalid(doc, cell, format!("cell id {value:?} is not a number")))?,
             None => u32::try_from(position).unwrap_or(u32::MAX),
         };
-        let Some(memory) = doc.attr(cell, "memory").map(|m| m.into_owned()) else {
+        let Some(memory) = doc.attr(cell, "memory").map(|memory| memory.into_owned()) else {
             return Err(invalid(doc, cell, "cell without memory attribute"));
         };
         cells.push((id, amount(doc, cell, Some(memory))?));
@@ -203,7 +203,7 @@ mod tests {
         let mut next_id = 5;
         let cells = number_cells(vec![(&first, GIB), (&second, 2 * GIB)], &mut next_id);
         assert_eq!(
-            cells.iter().map(|c| (c.id, c.size)).collect::<Vec<_>>(),
+            cells.iter().map(|cell| (cell.id, cell.size)).collect::<Vec<_>>(),
             vec![(5, GIB), (6, 2 * GIB)]
         );
         assert_eq!(next_id, 7);

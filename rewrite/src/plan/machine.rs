@@ -24,7 +24,10 @@ pub(crate) fn check_machine(doc: &Document<'_>) -> Result<usize, RewriteError> {
     let os_type = doc
         .child(os, "type")
         .ok_or_else(|| invalid(doc, os, "no <type> element"))?;
-    let machine = doc.attr(os_type, "machine").map(|m| m.into_owned()).unwrap_or_default();
+    let machine = doc
+        .attr(os_type, "machine")
+        .map(|machine| machine.into_owned())
+        .unwrap_or_default();
     if !machine.contains("q35") {
         return Err(unsatisfiable(
             doc,
@@ -36,7 +39,7 @@ pub(crate) fn check_machine(doc: &Document<'_>) -> Result<usize, RewriteError> {
     }
     let arch = doc
         .attr(os_type, "arch")
-        .map(|a| a.into_owned())
+        .map(|arch| arch.into_owned())
         .unwrap_or_else(|| "x86_64".into());
     if arch != "x86_64" && arch != "i686" {
         return Err(unsatisfiable(

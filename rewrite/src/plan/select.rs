@@ -23,10 +23,10 @@ pub(crate) struct Policy {
 impl Policy {
     pub(crate) fn resolve(options: &RewriteOptions, meta: Option<&HbmMetadata>) -> Self {
         Self {
-            mode: meta.and_then(|m| m.mode).unwrap_or(options.policy),
-            dialect: meta.and_then(|m| m.dialect).unwrap_or(options.dialect),
-            size_cap: meta.and_then(|m| m.size_cap_bytes).or(options.size_cap_bytes),
-            gpus: meta.map(|m| m.gpus.clone()).unwrap_or_default(),
+            mode: meta.and_then(|meta| meta.mode).unwrap_or(options.policy),
+            dialect: meta.and_then(|meta| meta.dialect).unwrap_or(options.dialect),
+            size_cap: meta.and_then(|meta| meta.size_cap_bytes).or(options.size_cap_bytes),
+            gpus: meta.map(|meta| meta.gpus.clone()).unwrap_or_default(),
         }
     }
 }
@@ -212,7 +212,12 @@ mod tests {
         let picked = selections(&doc, &hostdevs, inventory, policy)?;
         Ok(picked
             .into_iter()
-            .map(|s| (s.addr, s.regions.iter().map(|(_, size)| *size).collect()))
+            .map(|selection| {
+                (
+                    selection.addr,
+                    selection.regions.iter().map(|(_, size)| *size).collect(),
+                )
+            })
             .collect())
     }
 
