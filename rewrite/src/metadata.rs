@@ -292,68 +292,56 @@ pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[Un
     } else {
         format!("{prefix}:")
     };
-    let escaped = |value: &str| escape_attr(value, quote);
     let mut out = format!("<{qualifier}applied>");
     for region in claimed {
-        out.push_str(&format!(
-            "\n  <{qualifier}region id={quote}{}{quote} gpu={quote}{}{quote}",
-            escaped(&region.id),
-            region.gpu
-        ));
-        if let Some(host_node) = region.host_node {
-            out.push_str(&format!(" host-node={quote}{host_node}{quote}"));
-        }
-        if let Some(dax) = &region.dax {
-            out.push_str(&format!(" dax={quote}{}{quote}", escaped(dax)));
-        }
-        out.push_str(&format!(
-            " size={quote}{}{quote} cell={quote}{}{quote}/>",
-            region.size_bytes, region.guest_cell
-        ));
+        out.push_str(&format!("\n  <{qualifier}region{}/>", region_attrs(region, quote)));
     }
     for op in undo {
-        match op {
-            UndoOp::Remove { at, previous } => {
-                out.push_str(&format!(
-                    "\n  <{qualifier}undo op={quote}remove{quote} at={quote}{}{quote}",
-                    escaped(at)
-                ));
-                if let Some(prev) = previous {
-                    out.push_str(&format!(" previous={quote}{}{quote}", escaped(prev)));
-                }
-                out.push_str("/>");
-            }
-            UndoOp::Restore { at, raw } => {
-                out.push_str(&format!(
-                    "\n  <{qualifier}undo op={quote}restore{quote} at={quote}{}{quote} raw={quote}{}{quote}/>",
-                    escaped(at),
-                    escaped(raw)
-                ));
-            }
-            UndoOp::RemoveRootAttr { name } => {
-                out.push_str(&format!(
-                    "\n  <{qualifier}undo op={quote}remove-root-attr{quote} name={quote}{}{quote}/>",
-                    escaped(name)
-                ));
-            }
-            UndoOp::Collapse { at, tail } => {
-                out.push_str(&format!(
-                    "\n  <{qualifier}undo op={quote}collapse{quote} at={quote}{}{quote} tail={quote}{}{quote}/>",
-                    escaped(at),
-                    escaped(tail)
-                ));
-            }
-            UndoOp::StripText { at, text } => {
-                out.push_str(&format!(
-                    "\n  <{qualifier}undo op={quote}strip-text{quote} at={quote}{}{quote} text={quote}{}{quote}/>",
-                    escaped(at),
-                    escaped(text)
-                ));
-            }
-        }
+        out.push_str(&format!("\n  <{qualifier}undo{}/>", undo_attrs(op, quote)));
     }
     out.push_str(&format!("\n</{qualifier}applied>"));
     out
+}
+
+/// ` name='value'` for each pair, escaped for `quote`.
+fn attrs_text(pairs: &[(&str, &str)], quote: char) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| format!(" {name}={quote}{}{quote}", escape_attr(value, quote)))
+        .collect()
+}
+
+/// The attributes of one `region` entry.
+fn region_attrs(region: &ClaimedRegion, quote: char) -> String {
+    let gpu = region.gpu.to_string();
+    let host_node = region.host_node.map(|node| node.to_string());
+    let size = region.size_bytes.to_string();
+    let cell = region.guest_cell.to_string();
+    let mut pairs = vec![("id", region.id.as_str()), ("gpu", gpu.as_str())];
+    if let Some(node) = &host_node {
+        pairs.push(("host-node", node));
+    }
+    if let Some(dax) = &region.dax {
+        pairs.push(("dax", dax));
+    }
+    pairs.extend([("size", size.as_str()), ("cell", cell.as_str())]);
+    attrs_text(&pairs, quote)
+}
+
+/// The attributes of one `undo` entry.
+fn undo_attrs(op: &UndoOp, quote: char) -> String {
+    let pairs: Vec<(&str, &str)> = match op {
+        UndoOp::Remove { at, previous } => {
+            let mut pairs = vec![("op", "remove"), ("at", at.as_str())];
+            pairs.extend(previous.as_deref().map(|previous| ("previous", previous)));
+            pairs
+        }
+        UndoOp::Restore { at, raw } => vec![("op", "restore"), ("at", at), ("raw", raw)],
+        UndoOp::RemoveRootAttr { name } => vec![("op", "remove-root-attr"), ("name", name)],
+        UndoOp::Collapse { at, tail } => vec![("op", "collapse"), ("at", at), ("tail", tail)],
+        UndoOp::StripText { at, text } => vec![("op", "strip-text"), ("at", at), ("text", text)],
+    };
+    attrs_text(&pairs, quote)
 }
 
 #[cfg(test)]
