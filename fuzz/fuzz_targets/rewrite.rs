@@ -10,25 +10,17 @@
 use hbm_rewrite::instructions::MemmapType;
 use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions, pci_hostdevs, rewrite};
 use libfuzzer_sys::fuzz_target;
-use topology::{Health, Inventory, Memmap, Region, Source};
+use topology::{Inventory, Region};
 
 fn inventory(xml: &str, online: bool) -> Inventory {
     let mut inv = Inventory::empty("/");
     for (i, gpu) in pci_hostdevs(xml).unwrap_or_default().into_iter().enumerate() {
+        let host_node = u32::try_from(i).unwrap_or(0);
+        let size_bytes = (1 << 30) + ((i as u64) << 21);
         inv.regions.push(Region {
-            id: format!("{gpu}/node{i}"),
-            gpu,
-            host_node: Some(u32::try_from(i).unwrap_or(0)),
-            size_bytes: (1 << 30) + ((i as u64) << 21),
-            source: Source::Srat,
-            memmap: Memmap::Spm,
             dax: (!online).then(|| format!("/dev/dax{i}.0")),
-            dax_align: None,
-            base: None,
             online,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..topology::fixture::region(gpu, host_node, size_bytes)
         });
     }
     inv

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::reader::Reader;
 
 use super::RewriteError;
@@ -73,6 +73,180 @@ pub fn line_of(src: &str, offset: usize) -> usize {
     src.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
 }
 
+/// The index being built while quick-xml streams the events.
+struct Indexer<'a> {
+    src: &'a str,
+    elements: Vec<Element>,
+    /// Open elements, innermost last.
+    stack: Vec<usize>,
+    root: Option<usize>,
+}
+
+/// A malformed-input error at byte `offset`.
+fn malformed(src: &str, offset: usize, reason: impl Into<String>) -> RewriteError {
+    RewriteError::Malformed {
+        line: line_of(src, offset),
+        reason: reason.into(),
+    }
+}
+
+impl<'a> Indexer<'a> {
+    /// Indexes one event spanning `[before, after)` of the source.
+    fn event(&mut self, event: &Event<'_>, before: usize, after: usize) -> Result<(), RewriteError> {
+        match event {
+            Event::Start(start) => self.open(start, before, after, false),
+            Event::Empty(start) => self.open(start, before, after, true),
+            Event::End(_) => {
+                let start = self.markup_start(before, after);
+                if let Some(idx) = self.stack.pop() {
+                    self.elements[idx].close_start = start;
+                    self.elements[idx].end = after;
+                }
+                Ok(())
+            }
+            Event::Text(text) => {
+                if self.stack.is_empty() && !text.as_ref().trim().is_empty() {
+                    return Err(malformed(
+                        self.src,
+                        before,
+                        format!("text {:?} outside the root element", text.as_ref().trim()),
+                    ));
+                }
+                Ok(())
+            }
+            Event::GeneralRef(reference) => self.check_reference(reference, before),
+            Event::DocType(_) => Err(RewriteError::Doctype {
+                line: line_of(self.src, self.markup_start(before, after)),
+            }),
+            Event::CData(_) if self.stack.is_empty() => {
+                Err(malformed(self.src, before, "CDATA outside the root element"))
+            }
+            Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::Eof => Ok(()),
+        }
+    }
+
+    /// The event's own text starts at the first '<' at or after `before` for markup.
+    fn markup_start(&self, before: usize, after: usize) -> usize {
+        self.src
+            .get(before..after)
+            .and_then(|text| text.find('<'))
+            .map_or(before, |offset| before + offset)
+    }
+
+    /// Records a start tag (`self_closing`: `<x/>`).
+    fn open(
+        &mut self,
+        tag: &BytesStart<'_>,
+        before: usize,
+        after: usize,
+        self_closing: bool,
+    ) -> Result<(), RewriteError> {
+        let start = self.markup_start(before, after);
+        check_attributes(self.src, tag, start)?;
+        let parent = self.stack.last().copied();
+        let idx = self.elements.len();
+        if parent.is_none() {
+            if self.root.is_some() {
+                return Err(malformed(
+                    self.src,
+                    start,
+                    "a second top-level element after the root element",
+                ));
+            }
+            self.root = Some(idx);
+        }
+        let name_len = tag.name().as_ref().len();
+        self.elements.push(Element {
+            start,
+            tag_end: after,
+            close_start: after,
+            end: after,
+            name: (start + 1, start + 1 + name_len),
+            self_closing,
+            parent,
+            children: Vec::new(),
+        });
+        if let Some(parent) = parent {
+            self.elements[parent].children.push(idx);
+        }
+        if !self_closing {
+            self.stack.push(idx);
+        }
+        Ok(())
+    }
+
+    /// Accepts only the five predefined entities and valid character references, inside the root.
+    fn check_reference(&self, reference: &BytesRef<'_>, before: usize) -> Result<(), RewriteError> {
+        let known = reference.is_char_ref() || matches!(reference.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos");
+        if !known || self.stack.is_empty() {
+            return Err(malformed(
+                self.src,
+                before,
+                format!(
+                    "entity reference &{}; (only the five predefined entities are allowed)",
+                    reference.as_ref()
+                ),
+            ));
+        }
+        if reference.is_char_ref() && reference.resolve_char_ref().ok().flatten().is_none() {
+            return Err(malformed(
+                self.src,
+                before,
+                format!("invalid character reference &{};", reference.as_ref()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The finished document: every element closed, one root.
+    fn finish(self) -> Result<Document<'a>, RewriteError> {
+        if let Some(open) = self.stack.last() {
+            let element = &self.elements[*open];
+            return Err(malformed(
+                self.src,
+                element.start,
+                format!(
+                    "element <{}> is never closed",
+                    &self.src[element.name.0..element.name.1]
+                ),
+            ));
+        }
+        let root = self.root.ok_or(RewriteError::Malformed {
+            line: 1,
+            reason: "no root element".into(),
+        })?;
+        Ok(Document {
+            src: self.src,
+            elements: self.elements,
+            root,
+        })
+    }
+}
+
+/// quick-xml reads attributes lazily: checks them now (syntax, duplicates, names, no `<`).
+fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(), RewriteError> {
+    for attr in tag.attributes() {
+        let bad = |why: String| {
+            malformed(
+                src,
+                start,
+                format!("element <{}>: bad attribute: {why}", tag.name().as_ref()),
+            )
+        };
+        match attr {
+            Err(err) => return Err(bad(err.to_string())),
+            Ok(attr) if !is_attr_name(attr.key.as_ref()) => {
+                return Err(bad(format!("{:?} is not an attribute name", attr.key.as_ref())));
+            }
+            Ok(attr) if attr.value.contains('<') => {
+                return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl<'a> Document<'a> {
     /// Indexes `src`. Rejects what is not one well-formed element with optional prolog/comments,
     /// any DOCTYPE (so no entity declaration can ever be expanded) and unknown entity references.
@@ -81,147 +255,36 @@ impl<'a> Document<'a> {
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
-        let mut elements: Vec<Element> = Vec::with_capacity(src.len() / 40);
-        let mut stack: Vec<usize> = Vec::new();
-        let mut root = None;
+        let mut indexer = Indexer {
+            src,
+            elements: Vec::with_capacity(src.len() / 40),
+            stack: Vec::new(),
+            root: None,
+        };
         loop {
             let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-            let event = reader.read_event().map_err(|e| {
+            let event = reader.read_event().map_err(|err| {
                 let at = usize::try_from(reader.error_position()).unwrap_or(0);
-                RewriteError::Malformed {
-                    line: line_of(src, at),
-                    reason: e.to_string(),
-                }
+                malformed(src, at, err.to_string())
             })?;
-            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-            // The event's own text starts at the first '<' at or after `before` for markup.
-            let markup_start = || {
-                src.get(before..after)
-                    .and_then(|s| s.find('<'))
-                    .map_or(before, |i| before + i)
-            };
-            match event {
-                Event::Start(ref e) | Event::Empty(ref e) => {
-                    let start = markup_start();
-                    // quick-xml reads attributes lazily: check them now (syntax, duplicates).
-                    for attr in e.attributes() {
-                        let bad = |why: String| RewriteError::Malformed {
-                            line: line_of(src, start),
-                            reason: format!("element <{}>: bad attribute: {why}", e.name().as_ref()),
-                        };
-                        match attr {
-                            Err(err) => return Err(bad(err.to_string())),
-                            Ok(a) if !is_attr_name(a.key.as_ref()) => {
-                                return Err(bad(format!("{:?} is not an attribute name", a.key.as_ref())));
-                            }
-                            Ok(a) if a.value.contains('<') => {
-                                return Err(bad(format!("'<' in the value of {}", a.key.as_ref())));
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                    let self_closing = matches!(event, Event::Empty(_));
-                    let parent = stack.last().copied();
-                    if parent.is_none() {
-                        if root.is_some() {
-                            return Err(RewriteError::Malformed {
-                                line: line_of(src, start),
-                                reason: "a second top-level element after the root element".into(),
-                            });
-                        }
-                        root = Some(elements.len());
-                    }
-                    let name_len = e.name().as_ref().len();
-                    let idx = elements.len();
-                    elements.push(Element {
-                        start,
-                        tag_end: after,
-                        close_start: after,
-                        end: after,
-                        name: (start + 1, start + 1 + name_len),
-                        self_closing,
-                        parent,
-                        children: Vec::new(),
-                    });
-                    if let Some(p) = parent {
-                        elements[p].children.push(idx);
-                    }
-                    if !self_closing {
-                        stack.push(idx);
-                    }
-                }
-                Event::End(_) => {
-                    let start = markup_start();
-                    if let Some(idx) = stack.pop() {
-                        elements[idx].close_start = start;
-                        elements[idx].end = after;
-                    }
-                }
-                Event::Text(ref t) => {
-                    if stack.is_empty() && !t.as_ref().trim().is_empty() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!("text {:?} outside the root element", t.as_ref().trim()),
-                        });
-                    }
-                }
-                Event::GeneralRef(ref r) => {
-                    let known = r.is_char_ref() || matches!(r.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos");
-                    if !known || stack.is_empty() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!(
-                                "entity reference &{}; (only the five predefined entities are allowed)",
-                                r.as_ref()
-                            ),
-                        });
-                    }
-                    if r.is_char_ref() && r.resolve_char_ref().ok().flatten().is_none() {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: format!("invalid character reference &{};", r.as_ref()),
-                        });
-                    }
-                }
-                Event::DocType(_) => {
-                    return Err(RewriteError::Doctype {
-                        line: line_of(src, markup_start()),
-                    });
-                }
-                Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {
-                    if stack.is_empty() && matches!(event, Event::CData(_)) {
-                        return Err(RewriteError::Malformed {
-                            line: line_of(src, before),
-                            reason: "CDATA outside the root element".into(),
-                        });
-                    }
-                }
-                Event::Eof => break,
+            if matches!(event, Event::Eof) {
+                break;
             }
+            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            indexer.event(&event, before, after)?;
         }
-        if let Some(open) = stack.last() {
-            let e = &elements[*open];
-            return Err(RewriteError::Malformed {
-                line: line_of(src, e.start),
-                reason: format!("element <{}> is never closed", &src[e.name.0..e.name.1]),
-            });
-        }
-        let root = root.ok_or(RewriteError::Malformed {
-            line: 1,
-            reason: "no root element".into(),
-        })?;
-        Ok(Self { src, elements, root })
+        indexer.finish()
     }
 
     pub fn name(&self, idx: usize) -> &'a str {
-        let e = &self.elements[idx];
-        &self.src[e.name.0..e.name.1]
+        let element = &self.elements[idx];
+        &self.src[element.name.0..element.name.1]
     }
 
     /// Name without its namespace prefix.
     pub fn local_name(&self, idx: usize) -> &'a str {
-        let n = self.name(idx);
-        n.rsplit_once(':').map_or(n, |(_, l)| l)
+        let name = self.name(idx);
+        name.rsplit_once(':').map_or(name, |(_, local)| local)
     }
 
     pub fn line(&self, idx: usize) -> usize {
@@ -230,8 +293,8 @@ impl<'a> Document<'a> {
 
     /// The element's full text.
     pub fn raw(&self, idx: usize) -> &'a str {
-        let e = &self.elements[idx];
-        &self.src[e.start..e.end]
+        let element = &self.elements[idx];
+        &self.src[element.start..element.end]
     }
 
     pub fn children(&self, idx: usize) -> impl Iterator<Item = usize> + '_ {
@@ -240,48 +303,48 @@ impl<'a> Document<'a> {
 
     /// First child named `name` (qualified name as written).
     pub fn child(&self, idx: usize, name: &str) -> Option<usize> {
-        self.children(idx).find(|c| self.name(*c) == name)
+        self.children(idx).find(|child| self.name(*child) == name)
     }
 
     pub fn children_named<'s>(&'s self, idx: usize, name: &'s str) -> impl Iterator<Item = usize> + 's {
-        self.children(idx).filter(move |c| self.name(*c) == name)
+        self.children(idx).filter(move |child| self.name(*child) == name)
     }
 
     /// Attributes of the start tag, in document order.
     pub fn attrs(&self, idx: usize) -> Vec<Attr<'a>> {
-        let e = &self.elements[idx];
+        let element = &self.elements[idx];
         let src = self.src;
         let bytes = src.as_bytes();
         let mut out = Vec::new();
-        let mut i = e.name.1;
-        let end = if e.self_closing {
-            e.tag_end.saturating_sub(2)
+        let mut pos = element.name.1;
+        let end = if element.self_closing {
+            element.tag_end.saturating_sub(2)
         } else {
-            e.tag_end.saturating_sub(1)
+            element.tag_end.saturating_sub(1)
         };
         loop {
-            while i < end && is_xml_space(bytes[i]) {
-                i += 1;
+            while pos < end && is_xml_space(bytes[pos]) {
+                pos += 1;
             }
-            if i >= end {
+            if pos >= end {
                 break;
             }
-            let name_start = i;
-            while i < end && bytes[i] != b'=' && !is_xml_space(bytes[i]) {
-                i += 1;
+            let name_start = pos;
+            while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
+                pos += 1;
             }
-            let name_end = i;
-            while i < end && (is_xml_space(bytes[i]) || bytes[i] == b'=') {
-                i += 1;
+            let name_end = pos;
+            while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
+                pos += 1;
             }
-            if i >= end {
+            if pos >= end {
                 break;
             }
-            let quote = bytes[i];
+            let quote = bytes[pos];
             if quote != b'"' && quote != b'\'' {
                 break;
             }
-            let value_start = i + 1;
+            let value_start = pos + 1;
             let Some(len) = src[value_start..end].find(quote as char) else {
                 break;
             };
@@ -293,7 +356,7 @@ impl<'a> Document<'a> {
                 end: value_end + 1,
                 value: (value_start, value_end),
             });
-            i = value_end + 1;
+            pos = value_end + 1;
         }
         out
     }
@@ -301,34 +364,34 @@ impl<'a> Document<'a> {
     pub fn attr(&self, idx: usize, name: &str) -> Option<Cow<'a, str>> {
         self.attrs(idx)
             .into_iter()
-            .find(|a| a.name == name)
-            .map(|a| quick_xml::escape::unescape(a.raw).unwrap_or(Cow::Borrowed(a.raw)))
+            .find(|attr| attr.name == name)
+            .map(|attr| quick_xml::escape::unescape(attr.raw).unwrap_or(Cow::Borrowed(attr.raw)))
     }
 
     /// Text content (unescaped, comments and child elements skipped), trimmed.
     pub fn text(&self, idx: usize) -> String {
-        let e = &self.elements[idx];
-        if e.self_closing {
+        let element = &self.elements[idx];
+        if element.self_closing {
             return String::new();
         }
         let mut out = String::new();
-        let mut pos = e.tag_end;
-        for c in &e.children {
-            out.push_str(&self.src[pos..self.elements[*c].start]);
-            pos = self.elements[*c].end;
+        let mut pos = element.tag_end;
+        for child in &element.children {
+            out.push_str(&self.src[pos..self.elements[*child].start]);
+            pos = self.elements[*child].end;
         }
-        out.push_str(&self.src[pos..e.close_start]);
+        out.push_str(&self.src[pos..element.close_start]);
         let out = strip_comments(&out);
         let trimmed = out.trim();
         quick_xml::escape::unescape(trimmed)
-            .map(|c| c.into_owned())
+            .map(|text| text.into_owned())
             .unwrap_or_else(|_| trimmed.to_string())
     }
 
     /// Range of the text between the tags (for elements without child elements).
     pub fn inner(&self, idx: usize) -> (usize, usize) {
-        let e = &self.elements[idx];
-        (e.tag_end, e.close_start)
+        let element = &self.elements[idx];
+        (element.tag_end, element.close_start)
     }
 
     /// Whitespace between the last newline and the element's `<` (its indentation), if the
@@ -338,18 +401,18 @@ impl<'a> Document<'a> {
         let before = &self.src[..start];
         let line_start = before.rfind('\n')? + 1;
         let ws = &before[line_start..];
-        ws.chars().all(|c| c == ' ' || c == '\t').then_some(ws)
+        ws.chars().all(|ch| ch == ' ' || ch == '\t').then_some(ws)
     }
 
     /// Start offset of the whitespace run directly before `idx` (its indentation and newline).
     pub fn leading_ws_start(&self, idx: usize) -> usize {
         let start = self.elements[idx].start;
         let before = &self.src.as_bytes()[..start];
-        let mut i = start;
-        while i > 0 && is_xml_space(before[i - 1]) {
-            i -= 1;
+        let mut pos = start;
+        while pos > 0 && is_xml_space(before[pos - 1]) {
+            pos -= 1;
         }
-        i
+        pos
     }
 
     /// Walks `path` (child names) from the root; `None` when a step is missing.
@@ -367,14 +430,14 @@ impl<'a> Document<'a> {
     }
 
     pub fn prefix_on(&self, idx: usize, ns: &str) -> Option<String> {
-        self.attrs(idx).into_iter().find_map(|a| {
-            if a.value() != ns {
+        self.attrs(idx).into_iter().find_map(|attr| {
+            if attr.value() != ns {
                 return None;
             }
-            if a.name == "xmlns" {
+            if attr.name == "xmlns" {
                 Some(String::new())
             } else {
-                a.name.strip_prefix("xmlns:").map(str::to_string)
+                attr.name.strip_prefix("xmlns:").map(str::to_string)
             }
         })
     }
@@ -423,8 +486,9 @@ impl Edits {
     /// Applies the edits to `src`. An edit lying inside an earlier-starting wider replacement is
     /// dropped (a restored or removed parent already covers it).
     pub fn apply(mut self, src: &str) -> String {
-        self.items.sort_by(|a, b| a.0.cmp(&b.0).then(a.3.cmp(&b.3)));
-        let extra: usize = self.items.iter().map(|i| i.2.len()).sum();
+        self.items
+            .sort_by(|first, second| first.0.cmp(&second.0).then(first.3.cmp(&second.3)));
+        let extra: usize = self.items.iter().map(|item| item.2.len()).sum();
         let mut out = String::with_capacity(src.len() + extra);
         let mut pos = 0;
         for (start, end, text, _) in self.items {
@@ -443,8 +507,8 @@ impl Edits {
 /// Escapes text for an attribute value quoted with `quote`.
 pub fn escape_attr(value: &str, quote: char) -> String {
     let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
+    for ch in value.chars() {
+        match ch {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -453,7 +517,7 @@ pub fn escape_attr(value: &str, quote: char) -> String {
             '\n' => out.push_str("&#10;"),
             '\r' => out.push_str("&#13;"),
             '\t' => out.push_str("&#9;"),
-            c => out.push(c),
+            other => out.push(other),
         }
     }
     out
@@ -462,4 +526,101 @@ pub fn escape_attr(value: &str, quote: char) -> String {
 /// Escapes element text.
 pub fn escape_text(value: &str) -> String {
     value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(xml: &str) -> String {
+        Document::parse(xml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn elements_are_indexed_as_byte_ranges() {
+        let src = "<?xml version='1.0'?>\n<domain a='1'>\n  <x/>\n  <y b=\"2\">t</y>\n</domain>\n";
+        let doc = Document::parse(src).unwrap();
+        let children: Vec<usize> = doc.children(doc.root).collect();
+        assert_eq!(doc.name(doc.root), "domain");
+        assert_eq!(children.iter().map(|c| doc.name(*c)).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(doc.raw(children[0]), "<x/>");
+        assert!(doc.elements[children[0]].self_closing);
+        assert_eq!(doc.raw(children[1]), "<y b=\"2\">t</y>");
+        assert_eq!(doc.line(children[1]), 4);
+        assert_eq!(doc.indent(children[1]), Some("  "));
+        assert_eq!(
+            &src[doc.leading_ws_start(children[1])..doc.elements[children[1]].start],
+            "\n  "
+        );
+        let (start, end) = doc.inner(children[1]);
+        assert_eq!(&src[start..end], "t");
+        assert_eq!(doc.path(&["y"]), Some(children[1]));
+        assert_eq!(doc.path(&["z"]), None);
+    }
+
+    #[test]
+    fn attributes_and_text_are_unescaped() {
+        let doc = Document::parse("<d k='a&amp;b' q = \"x\"><t>a <!-- c --> &lt;b&gt; </t></d>").unwrap();
+        let attrs = doc.attrs(doc.root);
+        assert_eq!(
+            attrs.iter().map(|a| (a.name, a.raw)).collect::<Vec<_>>(),
+            [("k", "a&amp;b"), ("q", "x")]
+        );
+        assert_eq!(doc.attr(doc.root, "k").as_deref(), Some("a&b"));
+        assert_eq!(doc.attr(doc.root, "missing"), None);
+        let text = doc.child(doc.root, "t").unwrap();
+        assert_eq!(doc.text(text), "a  <b>");
+    }
+
+    #[test]
+    fn namespace_prefixes_are_found_on_the_root() {
+        let doc = Document::parse("<d xmlns='urn:a' xmlns:q='urn:q'><q:x/></d>").unwrap();
+        assert_eq!(doc.root_prefix_for("urn:q").as_deref(), Some("q"));
+        assert_eq!(doc.root_prefix_for("urn:a").as_deref(), Some(""));
+        assert_eq!(doc.root_prefix_for("urn:z"), None);
+        assert_eq!(doc.local_name(doc.children(doc.root).next().unwrap()), "x");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_with_its_line() {
+        let mismatch = Document::parse("<a>\n<b>\n</a>").unwrap_err();
+        assert!(
+            matches!(mismatch, RewriteError::Malformed { line: 3, .. }),
+            "{mismatch:?}"
+        );
+        assert!(reason("<a/><b/>").contains("a second top-level element"));
+        assert!(reason("<a/>x").contains("text \"x\" outside the root element"));
+        assert!(reason("<a>").contains("element <a> is never closed"));
+        assert!(reason("").contains("no root element"));
+        assert!(reason("<a>&foo;</a>").contains("entity reference &foo;"));
+        assert!(reason("<a>&#0;</a>").contains("invalid character reference"));
+        assert!(reason("<a b='<'/>").contains("bad attribute"));
+        assert!(reason("<a b='1' b='2'/>").contains("bad attribute"));
+        assert_eq!(
+            Document::parse("<?xml version='1.0'?>\n<!DOCTYPE a [<!ENTITY x 'y'>]><a/>").unwrap_err(),
+            RewriteError::Doctype { line: 2 }
+        );
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_skip_edits_inside_a_wider_one() {
+        let mut edits = Edits::default();
+        assert!(edits.is_empty());
+        edits.insert(3, "X");
+        edits.insert(3, "Y");
+        edits.replace(0, 2, "ab");
+        edits.replace(5, 9, "-");
+        edits.replace(6, 7, "never");
+        assert_eq!(edits.apply("0123456789"), "ab2XY34-9");
+    }
+
+    #[test]
+    fn escaping_for_attributes_and_text() {
+        assert_eq!(escape_attr("a'b\"c<&>\n", '\''), "a&apos;b\"c&lt;&amp;&gt;&#10;");
+        assert_eq!(escape_attr("a'b\"c\t\r", '"'), "a'b&quot;c&#9;&#13;");
+        assert_eq!(escape_text("a<b>&'\""), "a&lt;b&gt;&amp;'\"");
+        assert!(is_xml_space(b'\t') && !is_xml_space(0x0c));
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a", 99), 1);
+    }
 }

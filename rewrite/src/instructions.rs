@@ -102,69 +102,90 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, InstructionError> {
     if version != VERSION {
         return Err(InstructionError::Version(version.to_string()));
     }
-    let mut out = Vec::new();
-    for part in parts.filter(|p| !p.is_empty()) {
-        let (kind, fields) = part.split_once(':').unwrap_or((part, ""));
-        let field_err = |why: String| InstructionError::Field {
-            kind: kind.to_string(),
-            why,
+    parts.filter(|part| !part.is_empty()).map(parse_instruction).collect()
+}
+
+/// The fields of one instruction, as given.
+#[derive(Default)]
+struct Fields {
+    cell: Option<u32>,
+    size: Option<u64>,
+    memmap: Option<MemmapType>,
+    path: Option<String>,
+    align: Option<u64>,
+}
+
+/// One `<kind>:<key>=<value>,...` instruction.
+fn parse_instruction(part: &str) -> Result<Instruction, InstructionError> {
+    let (kind, fields) = part.split_once(':').unwrap_or((part, ""));
+    let field_err = |why: &str| InstructionError::Field {
+        kind: kind.to_string(),
+        why: why.to_string(),
+    };
+    let given = parse_fields(kind, fields)?;
+    let cell = given.cell.ok_or_else(|| field_err("missing cell="))?;
+    let size_bytes = given.size.ok_or_else(|| field_err("missing size="))?;
+    Ok(match kind {
+        "memmap-type" => Instruction::MemmapType {
+            cell,
+            size_bytes,
+            memmap: given.memmap.ok_or_else(|| field_err("missing type="))?,
+        },
+        "sp-mem" => Instruction::SpMem { cell, size_bytes },
+        "dax" => Instruction::Dax {
+            cell,
+            size_bytes,
+            path: given.path.ok_or_else(|| field_err("missing path="))?,
+            align: given.align.ok_or_else(|| field_err("missing align="))?,
+        },
+        other => return Err(InstructionError::UnknownKind(other.to_string())),
+    })
+}
+
+/// The `key=value` fields of an instruction of kind `kind`.
+fn parse_fields(kind: &str, fields: &str) -> Result<Fields, InstructionError> {
+    let field_err = |why: String| InstructionError::Field {
+        kind: kind.to_string(),
+        why,
+    };
+    let mut given = Fields::default();
+    for field in fields.split(',').filter(|field| !field.is_empty()) {
+        let (key, value) = field
+            .split_once('=')
+            .ok_or_else(|| field_err(format!("field {field:?} is not key=value")))?;
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| field_err(format!("{key}={value:?} is not a number")))
         };
-        let mut cell = None;
-        let mut size = None;
-        let mut memmap = None;
-        let mut path = None;
-        let mut align = None;
-        for kv in fields.split(',').filter(|f| !f.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| field_err(format!("field {kv:?} is not key=value")))?;
-            let num = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| field_err(format!("{k}={v:?} is not a number")))
-            };
-            match k {
-                "cell" => cell = Some(u32::try_from(num(v)?).map_err(|_| field_err(format!("cell={v} out of range")))?),
-                "size" => size = Some(num(v)?),
-                "type" => {
-                    memmap = Some(
-                        MemmapType::parse(v)
-                            .ok_or_else(|| field_err(format!("type={v:?} (expected spm, reserved or normal)")))?,
-                    )
-                }
-                "path" => path = Some(v.to_string()),
-                "align" => align = Some(num(v)?),
-                _ => return Err(field_err(format!("unknown field {k:?}"))),
+        match key {
+            "cell" => {
+                let cell =
+                    u32::try_from(number(value)?).map_err(|_| field_err(format!("cell={value} out of range")))?;
+                given.cell = Some(cell);
             }
+            "size" => given.size = Some(number(value)?),
+            "type" => {
+                let memmap = MemmapType::parse(value)
+                    .ok_or_else(|| field_err(format!("type={value:?} (expected spm, reserved or normal)")))?;
+                given.memmap = Some(memmap);
+            }
+            "path" => given.path = Some(value.to_string()),
+            "align" => given.align = Some(number(value)?),
+            _ => return Err(field_err(format!("unknown field {key:?}"))),
         }
-        let cell = cell.ok_or_else(|| field_err("missing cell=".into()))?;
-        let size_bytes = size.ok_or_else(|| field_err("missing size=".into()))?;
-        out.push(match kind {
-            "memmap-type" => Instruction::MemmapType {
-                cell,
-                size_bytes,
-                memmap: memmap.ok_or_else(|| field_err("missing type=".into()))?,
-            },
-            "sp-mem" => Instruction::SpMem { cell, size_bytes },
-            "dax" => Instruction::Dax {
-                cell,
-                size_bytes,
-                path: path.ok_or_else(|| field_err("missing path=".into()))?,
-                align: align.ok_or_else(|| field_err("missing align=".into()))?,
-            },
-            other => return Err(InstructionError::UnknownKind(other.to_string())),
-        });
     }
-    Ok(out)
+    Ok(given)
 }
 
 /// The wire form of `instructions` (inverse of [`parse`]).
 pub fn render(instructions: &[Instruction]) -> String {
-    let mut s = String::from(VERSION);
-    for i in instructions {
-        s.push(';');
-        s.push_str(&i.to_string());
+    let mut wire = String::from(VERSION);
+    for instruction in instructions {
+        wire.push(';');
+        wire.push_str(&instruction.to_string());
     }
-    s
+    wire
 }
 
 impl fmt::Display for Instruction {
@@ -249,6 +270,31 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("missing path")
+        );
+    }
+
+    #[test]
+    fn field_errors_name_the_kind_and_field() {
+        let field = |why: &str| {
+            Err(InstructionError::Field {
+                kind: "sp-mem".into(),
+                why: why.into(),
+            })
+        };
+        assert_eq!(parse("v1;sp-mem:size=1"), field("missing cell="));
+        assert_eq!(parse("v1;sp-mem:cell=1"), field("missing size="));
+        assert_eq!(parse("v1;sp-mem:cell"), field("field \"cell\" is not key=value"));
+        assert_eq!(
+            parse("v1;sp-mem:cell=1,size=1,colour=red"),
+            field("unknown field \"colour\"")
+        );
+        assert_eq!(
+            parse("v1;sp-mem:cell=4294967296,size=1"),
+            field("cell=4294967296 out of range")
+        );
+        assert_eq!(
+            parse(" v1;;sp-mem:cell=1,size=2; "),
+            Ok(vec![Instruction::SpMem { cell: 1, size_bytes: 2 }])
         );
     }
 }

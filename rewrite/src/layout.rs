@@ -19,7 +19,7 @@ pub struct GpaRange {
 
 /// The guest-physical ranges of every cell, given the cells' sizes in cell order.
 pub fn guest_ranges(cell_sizes: &[u64]) -> Vec<Vec<GpaRange>> {
-    let total: u64 = cell_sizes.iter().fold(0u64, |a, s| a.saturating_add(*s));
+    let total: u64 = cell_sizes.iter().fold(0u64, |sum, size| sum.saturating_add(*size));
     let below_4g = if total >= Q35_LOWMEM_LIMIT {
         Q35_LOWMEM_LARGE
     } else {

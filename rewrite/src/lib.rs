@@ -5,6 +5,15 @@
 //!
 //! API contract used by the front ends (CLI, KubeVirt sidecar, libvirt hook):
 //! `rewrite(xml, &inventory, &options) -> Result<Rewritten, RewriteError>`.
+//!
+//! Where to start reading: [`rewrite`] (below) indexes the document ([`document`]), takes back
+//! what an earlier run recorded (`undo`), then calls `plan::plan`, which decides everything that
+//! will be added (one small function per decision, under `plan/`) and returns a `Plan`; then
+//! `emit::emit` writes that plan into the definition, one file per addition under `emit/`
+//! (cells, host binding, expander, Generic Initiator, SPM marking, the record in [`metadata`]).
+//! The summary lines come from the plan (`plan/summary.rs`). `libvirt` reads the elements the
+//! decisions look at, `layout` is the q35 guest-physical layout, [`instructions`] the wire form
+//! the QEMU argv adapter reads.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,11 +22,13 @@ use topology::Inventory;
 
 use crate::instructions::MemmapType;
 
-mod apply;
 pub mod document;
+mod emit;
 pub mod instructions;
 mod layout;
+mod libvirt;
 pub mod metadata;
+mod plan;
 pub mod size;
 mod undo;
 
@@ -25,7 +36,7 @@ pub use layout::{GpaRange, guest_ranges};
 
 /// Host PCI addresses of the PCI `<hostdev>`s in a domain definition, in document order.
 pub fn pci_hostdevs(xml: &str) -> Result<Vec<topology::PciAddress>, RewriteError> {
-    Ok(apply::pci_hostdevs(&document::Document::parse(xml)?))
+    Ok(libvirt::pci_hostdevs(&document::Document::parse(xml)?))
 }
 pub use metadata::{ClaimedRegion, GpuPolicy, HbmMetadata, NAMESPACE, read_metadata};
 
@@ -227,9 +238,11 @@ pub fn rewrite(xml: &str, inventory: &Inventory, options: &RewriteOptions) -> Re
         }
         None => &doc,
     };
-    let policy = apply::Policy::resolve(options, meta.as_ref());
-    match apply::apply(base, inventory, &policy, options)? {
-        Some((out, lines)) => {
+    let policy = plan::select::Policy::resolve(options, meta.as_ref());
+    match plan::plan(base, inventory, &policy, options)? {
+        Some(plan) => {
+            let out = emit::emit(base, &plan);
+            let lines = plan.summary();
             if undone.is_some() && out == xml {
                 summary.clear();
             }

@@ -84,7 +84,7 @@ pub struct HbmMetadata {
 impl HbmMetadata {
     /// The override for `gpu`, if any.
     pub fn gpu(&self, gpu: PciAddress) -> Option<&GpuPolicy> {
-        self.gpus.iter().find(|g| g.address == gpu)
+        self.gpus.iter().find(|policy| policy.address == gpu)
     }
 }
 
@@ -97,7 +97,7 @@ pub fn read_metadata(xml: &str) -> Result<Option<HbmMetadata>, RewriteError> {
 /// The `hbm:passthrough` element under `<metadata>`, if any.
 pub(crate) fn element(doc: &Document<'_>) -> Option<usize> {
     let metadata = doc.child(doc.root, "metadata")?;
-    doc.children(metadata).find(|c| is_ours(doc, *c))
+    doc.children(metadata).find(|child| is_ours(doc, *child))
 }
 
 fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
@@ -106,7 +106,7 @@ fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
     }
     let name = doc.name(idx);
     let prefix = name.split_once(':').map_or("", |(p, _)| p);
-    if !prefix.is_empty() && !super::apply::is_xml_name(prefix) {
+    if !prefix.is_empty() && !super::libvirt::is_xml_name(prefix) {
         return false;
     }
     let wanted = if prefix.is_empty() {
@@ -116,16 +116,18 @@ fn is_ours(doc: &Document<'_>, idx: usize) -> bool {
     };
     doc.attrs(idx)
         .iter()
-        .any(|a| a.name == wanted && a.value() == NAMESPACE)
+        .any(|attr| attr.name == wanted && attr.value() == NAMESPACE)
 }
 
 /// Child of our element with local name `local`.
 pub(crate) fn child(doc: &Document<'_>, ours: usize, local: &str) -> Option<usize> {
-    let prefix = doc.name(ours).split_once(':').map(|(p, _)| p);
-    doc.children(ours).find(|c| {
-        let n = doc.name(*c);
-        let (p, l) = n.split_once(':').map_or((None, n), |(p, l)| (Some(p), l));
-        p == prefix && l == local
+    let prefix = doc.name(ours).split_once(':').map(|(own, _)| own);
+    doc.children(ours).find(|candidate| {
+        let name = doc.name(*candidate);
+        let (own, candidate_local) = name
+            .split_once(':')
+            .map_or((None, name), |(own, rest)| (Some(own), rest));
+        own == prefix && candidate_local == local
     })
 }
 
@@ -137,94 +139,127 @@ fn bad(doc: &Document<'_>, idx: usize, reason: String) -> RewriteError {
     }
 }
 
+/// Our element's policy and record, with its element index; `None` when the domain has none.
 pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, RewriteError> {
     let Some(ours) = element(doc) else { return Ok(None) };
     let mut meta = HbmMetadata {
-        mode: parse_attr(doc, ours, "mode", |s| s.parse::<PolicyMode>())?,
-        dialect: parse_attr(doc, ours, "dialect", |s| s.parse::<Dialect>())?,
+        mode: parse_attr(doc, ours, "mode", |text| text.parse::<PolicyMode>())?,
+        dialect: parse_attr(doc, ours, "dialect", |text| text.parse::<Dialect>())?,
         size_cap_bytes: parse_attr(doc, ours, "size-cap", parse_size)?,
         ..HbmMetadata::default()
     };
-    let prefix = doc.name(ours).split_once(':').map(|(p, _)| p);
-    let local_of = |c: usize| {
-        let n = doc.name(c);
-        match n.split_once(':') {
-            Some((p, l)) if Some(p) == prefix => Some(l),
-            None if prefix.is_none() => Some(n),
-            _ => None,
-        }
-    };
-    for c in doc.children(ours) {
-        match local_of(c) {
+    for child in doc.children(ours) {
+        match local_name_in(doc, ours, child) {
             Some("gpu") => {
-                let address = required(doc, c, "address", |s| PciAddress::parse(s).map_err(|e| e.to_string()))?;
-                if meta.gpus.iter().any(|g| g.address == address) {
-                    return Err(bad(
-                        doc,
-                        c,
-                        format!("GPU {address} listed twice; keep one hbm:gpu per GPU"),
-                    ));
-                }
-                meta.gpus.push(GpuPolicy {
-                    address,
-                    mode: parse_attr(doc, c, "mode", |s| s.parse::<PolicyMode>())?,
-                    dialect: parse_attr(doc, c, "dialect", |s| s.parse::<Dialect>())?,
-                    size_cap_bytes: parse_attr(doc, c, "size-cap", parse_size)?,
-                    regions: doc.attr(c, "regions").map(|r| {
-                        r.split([' ', ','])
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    }),
-                });
+                let gpu = read_gpu(doc, child, &meta.gpus)?;
+                meta.gpus.push(gpu);
             }
             Some("applied") => {
                 meta.applied = true;
-                for r in doc.children(c) {
-                    match local_of(r) {
-                        Some("region") => meta.claimed.push(ClaimedRegion {
-                            id: required(doc, r, "id", |s| Ok::<_, String>(s.to_string()))?,
-                            gpu: required(doc, r, "gpu", |s| PciAddress::parse(s).map_err(|e| e.to_string()))?,
-                            host_node: parse_attr(doc, r, "host-node", |s| {
-                                s.parse::<u32>().map_err(|e| e.to_string())
-                            })?,
-                            dax: doc.attr(r, "dax").map(|s| s.into_owned()),
-                            size_bytes: required(doc, r, "size", |s| s.parse::<u64>().map_err(|e| e.to_string()))?,
-                            guest_cell: required(doc, r, "cell", |s| s.parse::<u32>().map_err(|e| e.to_string()))?,
-                        }),
-                        Some("undo") => {
-                            let op = required(doc, r, "op", |s| Ok::<_, String>(s.to_string()))?;
-                            meta.undo.push(match op.as_str() {
-                                "remove" => UndoOp::Remove {
-                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
-                                    previous: doc.attr(r, "previous").map(|s| s.into_owned()),
-                                },
-                                "restore" => UndoOp::Restore {
-                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
-                                    raw: required(doc, r, "raw", |s| Ok::<_, String>(s.to_string()))?,
-                                },
-                                "remove-root-attr" => UndoOp::RemoveRootAttr {
-                                    name: required(doc, r, "name", |s| Ok::<_, String>(s.to_string()))?,
-                                },
-                                "collapse" => UndoOp::Collapse {
-                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
-                                    tail: required(doc, r, "tail", |s| Ok::<_, String>(s.to_string()))?,
-                                },
-                                "strip-text" => UndoOp::StripText {
-                                    at: required(doc, r, "at", |s| Ok::<_, String>(s.to_string()))?,
-                                    text: required(doc, r, "text", |s| Ok::<_, String>(s.to_string()))?,
-                                },
-                                other => return Err(bad(doc, r, format!("unknown undo op {other:?}"))),
-                            });
-                        }
-                        _ => {}
-                    }
-                }
+                read_applied(doc, ours, child, &mut meta)?;
             }
             _ => {}
         }
     }
     Ok(Some((ours, meta)))
+}
+
+/// The local name of `idx` when it has the prefix of our element `ours` (none if ours has none).
+fn local_name_in<'a>(doc: &Document<'a>, ours: usize, idx: usize) -> Option<&'a str> {
+    let prefix = doc.name(ours).split_once(':').map(|(prefix, _)| prefix);
+    let name = doc.name(idx);
+    match name.split_once(':') {
+        Some((own, local)) if Some(own) == prefix => Some(local),
+        None if prefix.is_none() => Some(name),
+        _ => None,
+    }
+}
+
+/// One `hbm:gpu` override; a GPU already in `known` is refused.
+fn read_gpu(doc: &Document<'_>, gpu: usize, known: &[GpuPolicy]) -> Result<GpuPolicy, RewriteError> {
+    let address = required(doc, gpu, "address", parse_pci)?;
+    if known.iter().any(|other| other.address == address) {
+        return Err(bad(
+            doc,
+            gpu,
+            format!("GPU {address} listed twice; keep one hbm:gpu per GPU"),
+        ));
+    }
+    Ok(GpuPolicy {
+        address,
+        mode: parse_attr(doc, gpu, "mode", |text| text.parse::<PolicyMode>())?,
+        dialect: parse_attr(doc, gpu, "dialect", |text| text.parse::<Dialect>())?,
+        size_cap_bytes: parse_attr(doc, gpu, "size-cap", parse_size)?,
+        regions: doc.attr(gpu, "regions").map(|regions| {
+            regions
+                .split([' ', ','])
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+                .collect()
+        }),
+    })
+}
+
+/// The `hbm:region`s and `hbm:undo`s of the `hbm:applied` record.
+fn read_applied(doc: &Document<'_>, ours: usize, applied: usize, meta: &mut HbmMetadata) -> Result<(), RewriteError> {
+    for entry in doc.children(applied) {
+        match local_name_in(doc, ours, entry) {
+            Some("region") => meta.claimed.push(read_region(doc, entry)?),
+            Some("undo") => meta.undo.push(read_undo(doc, entry)?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_pci(text: &str) -> Result<PciAddress, String> {
+    PciAddress::parse(text).map_err(|err| err.to_string())
+}
+
+fn parse_text(text: &str) -> Result<String, String> {
+    Ok(text.to_string())
+}
+
+fn parse_number<T: std::str::FromStr<Err = std::num::ParseIntError>>(text: &str) -> Result<T, String> {
+    text.parse::<T>().map_err(|err| err.to_string())
+}
+
+/// One `hbm:region` of the record.
+fn read_region(doc: &Document<'_>, region: usize) -> Result<ClaimedRegion, RewriteError> {
+    Ok(ClaimedRegion {
+        id: required(doc, region, "id", parse_text)?,
+        gpu: required(doc, region, "gpu", parse_pci)?,
+        host_node: parse_attr(doc, region, "host-node", parse_number::<u32>)?,
+        dax: doc.attr(region, "dax").map(|dax| dax.into_owned()),
+        size_bytes: required(doc, region, "size", parse_number::<u64>)?,
+        guest_cell: required(doc, region, "cell", parse_number::<u32>)?,
+    })
+}
+
+/// One `hbm:undo` of the record.
+fn read_undo(doc: &Document<'_>, undo: usize) -> Result<UndoOp, RewriteError> {
+    let text = |name: &str| required(doc, undo, name, parse_text);
+    let op = text("op")?;
+    Ok(match op.as_str() {
+        "remove" => UndoOp::Remove {
+            at: text("at")?,
+            previous: doc.attr(undo, "previous").map(|previous| previous.into_owned()),
+        },
+        "restore" => UndoOp::Restore {
+            at: text("at")?,
+            raw: text("raw")?,
+        },
+        "remove-root-attr" => UndoOp::RemoveRootAttr { name: text("name")? },
+        "collapse" => UndoOp::Collapse {
+            at: text("at")?,
+            tail: text("tail")?,
+        },
+        "strip-text" => UndoOp::StripText {
+            at: text("at")?,
+            text: text("text")?,
+        },
+        other => return Err(bad(doc, undo, format!("unknown undo op {other:?}"))),
+    })
 }
 
 fn parse_attr<T, E: std::fmt::Display>(
@@ -237,7 +272,7 @@ fn parse_attr<T, E: std::fmt::Display>(
         None => Ok(None),
         Some(v) => parse(&v)
             .map(Some)
-            .map_err(|e| bad(doc, idx, format!("attribute {name}: {e}"))),
+            .map_err(|err| bad(doc, idx, format!("attribute {name}: {err}"))),
     }
 }
 
@@ -251,62 +286,213 @@ fn required<T, E: std::fmt::Display>(
 }
 
 /// Renders the `applied` record (one line per entry; `\n` marks where indentation goes).
-pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[UndoOp], q: char) -> String {
-    let p = if prefix.is_empty() {
+pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[UndoOp], quote: char) -> String {
+    let qualifier = if prefix.is_empty() {
         String::new()
     } else {
         format!("{prefix}:")
     };
-    let a = |v: &str| escape_attr(v, q);
-    let mut s = format!("<{p}applied>");
-    for r in claimed {
-        s.push_str(&format!("\n  <{p}region id={q}{}{q} gpu={q}{}{q}", a(&r.id), r.gpu));
-        if let Some(n) = r.host_node {
-            s.push_str(&format!(" host-node={q}{n}{q}"));
-        }
-        if let Some(d) = &r.dax {
-            s.push_str(&format!(" dax={q}{}{q}", a(d)));
-        }
-        s.push_str(&format!(" size={q}{}{q} cell={q}{}{q}/>", r.size_bytes, r.guest_cell));
+    let mut out = format!("<{qualifier}applied>");
+    for region in claimed {
+        out.push_str(&format!("\n  <{qualifier}region{}/>", region_attrs(region, quote)));
     }
     for op in undo {
-        match op {
-            UndoOp::Remove { at, previous } => {
-                s.push_str(&format!("\n  <{p}undo op={q}remove{q} at={q}{}{q}", a(at)));
-                if let Some(prev) = previous {
-                    s.push_str(&format!(" previous={q}{}{q}", a(prev)));
-                }
-                s.push_str("/>");
-            }
-            UndoOp::Restore { at, raw } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}restore{q} at={q}{}{q} raw={q}{}{q}/>",
-                    a(at),
-                    a(raw)
-                ));
-            }
-            UndoOp::RemoveRootAttr { name } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}remove-root-attr{q} name={q}{}{q}/>",
-                    a(name)
-                ));
-            }
-            UndoOp::Collapse { at, tail } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}collapse{q} at={q}{}{q} tail={q}{}{q}/>",
-                    a(at),
-                    a(tail)
-                ));
-            }
-            UndoOp::StripText { at, text } => {
-                s.push_str(&format!(
-                    "\n  <{p}undo op={q}strip-text{q} at={q}{}{q} text={q}{}{q}/>",
-                    a(at),
-                    a(text)
-                ));
-            }
+        out.push_str(&format!("\n  <{qualifier}undo{}/>", undo_attrs(op, quote)));
+    }
+    out.push_str(&format!("\n</{qualifier}applied>"));
+    out
+}
+
+/// ` name='value'` for each pair, escaped for `quote`.
+fn attrs_text(pairs: &[(&str, &str)], quote: char) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| format!(" {name}={quote}{}{quote}", escape_attr(value, quote)))
+        .collect()
+}
+
+/// The attributes of one `region` entry.
+fn region_attrs(region: &ClaimedRegion, quote: char) -> String {
+    let gpu = region.gpu.to_string();
+    let host_node = region.host_node.map(|node| node.to_string());
+    let size = region.size_bytes.to_string();
+    let cell = region.guest_cell.to_string();
+    let mut pairs = vec![("id", region.id.as_str()), ("gpu", gpu.as_str())];
+    if let Some(node) = &host_node {
+        pairs.push(("host-node", node));
+    }
+    if let Some(dax) = &region.dax {
+        pairs.push(("dax", dax));
+    }
+    pairs.extend([("size", size.as_str()), ("cell", cell.as_str())]);
+    attrs_text(&pairs, quote)
+}
+
+/// The attributes of one `undo` entry.
+fn undo_attrs(op: &UndoOp, quote: char) -> String {
+    let pairs: Vec<(&str, &str)> = match op {
+        UndoOp::Remove { at, previous } => {
+            let mut pairs = vec![("op", "remove"), ("at", at.as_str())];
+            pairs.extend(previous.as_deref().map(|previous| ("previous", previous)));
+            pairs
+        }
+        UndoOp::Restore { at, raw } => vec![("op", "restore"), ("at", at), ("raw", raw)],
+        UndoOp::RemoveRootAttr { name } => vec![("op", "remove-root-attr"), ("name", name)],
+        UndoOp::Collapse { at, tail } => vec![("op", "collapse"), ("at", at), ("tail", tail)],
+        UndoOp::StripText { at, text } => vec![("op", "strip-text"), ("at", at), ("text", text)],
+    };
+    attrs_text(&pairs, quote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPU: PciAddress = PciAddress::new(0, 0xc1, 0, 0);
+
+    fn every_undo_op() -> Vec<UndoOp> {
+        vec![
+            UndoOp::Remove {
+                at: "qemu:commandline/qemu:arg[value=a,b]".into(),
+                previous: Some("-object".into()),
+            },
+            UndoOp::Remove {
+                at: "cpu/numa/cell[id=1]".into(),
+                previous: None,
+            },
+            UndoOp::Restore {
+                at: "memory".into(),
+                raw: "<memory unit='KiB'>1</memory>".into(),
+            },
+            UndoOp::RemoveRootAttr {
+                name: "xmlns:qemu".into(),
+            },
+            UndoOp::StripText {
+                at: "os/cmdline".into(),
+                text: " memmap=1G%4G-1+0xefffffff & \"x\"".into(),
+            },
+            UndoOp::Collapse {
+                at: "cpu".into(),
+                tail: "/>".into(),
+            },
+        ]
+    }
+
+    fn claimed() -> Vec<ClaimedRegion> {
+        vec![
+            ClaimedRegion {
+                id: "0000:c1:00.0/node2".into(),
+                gpu: GPU,
+                host_node: Some(2),
+                dax: None,
+                size_bytes: 1 << 30,
+                guest_cell: 1,
+            },
+            ClaimedRegion {
+                id: "0000:c1:00.0/dax1.0".into(),
+                gpu: GPU,
+                host_node: None,
+                dax: Some("/dev/dax1.0".into()),
+                size_bytes: 2 << 30,
+                guest_cell: 2,
+            },
+        ]
+    }
+
+    fn wrapped(body: &str) -> String {
+        format!(
+            "<domain><metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}'>{body}</hbm:passthrough></metadata></domain>"
+        )
+    }
+
+    #[test]
+    fn the_record_reads_back_as_written_in_either_quote() {
+        for quote in ['\'', '"'] {
+            let applied = render_applied("hbm", &claimed(), &every_undo_op(), quote);
+            let meta = read_metadata(&wrapped(&applied)).unwrap().unwrap();
+            assert!(meta.applied);
+            assert_eq!(meta.claimed, claimed());
+            assert_eq!(meta.undo, every_undo_op());
         }
     }
-    s.push_str(&format!("\n</{p}applied>"));
-    s
+
+    #[test]
+    fn the_record_is_one_entry_per_line() {
+        let applied = render_applied("p", &claimed()[..1], &every_undo_op()[3..4], '\'');
+        assert_eq!(
+            applied,
+            "<p:applied>\n  <p:region id='0000:c1:00.0/node2' gpu='0000:c1:00.0' host-node='2' size='1073741824' cell='1'/>\n  <p:undo op='remove-root-attr' name='xmlns:qemu'/>\n</p:applied>"
+        );
+        assert_eq!(render_applied("", &[], &[], '"'), "<applied>\n</applied>");
+    }
+
+    #[test]
+    fn policy_and_gpu_overrides_are_read() {
+        let xml = format!(
+            "<domain><metadata><x:passthrough xmlns:x='{NAMESPACE}' mode='required' dialect='sp-mem' size-cap='16GiB'><x:gpu address='0000:c1:00.0' mode='off' regions='a, b'/><gpu address='0000:41:00.0'/></x:passthrough></metadata></domain>"
+        );
+        let meta = read_metadata(&xml).unwrap().unwrap();
+        assert_eq!(
+            meta,
+            HbmMetadata {
+                mode: Some(PolicyMode::Required),
+                dialect: Some(Dialect::SpMem),
+                size_cap_bytes: Some(16 << 30),
+                gpus: vec![GpuPolicy {
+                    address: GPU,
+                    mode: Some(PolicyMode::Off),
+                    dialect: None,
+                    size_cap_bytes: None,
+                    regions: Some(vec!["a".into(), "b".into()]),
+                }],
+                ..HbmMetadata::default()
+            }
+        );
+        assert_eq!(meta.gpu(GPU).map(|gpu| gpu.mode), Some(Some(PolicyMode::Off)));
+    }
+
+    #[test]
+    fn elements_of_other_namespaces_are_not_ours() {
+        assert_eq!(
+            read_metadata("<domain><metadata><hbm:passthrough xmlns:hbm='urn:other'/></metadata></domain>"),
+            Ok(None)
+        );
+        assert_eq!(read_metadata("<domain/>"), Ok(None));
+    }
+
+    #[test]
+    fn bad_metadata_names_the_element_and_attribute() {
+        let twice = wrapped("<hbm:gpu address='0000:c1:00.0'/><hbm:gpu address='0000:c1:00.0' mode='bad'/>");
+        assert!(
+            read_metadata(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("GPU 0000:c1:00.0 listed twice")
+        );
+        let unknown = wrapped("<hbm:applied><hbm:undo op='explode'/></hbm:applied>");
+        assert!(
+            read_metadata(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown undo op \"explode\"")
+        );
+        let missing = wrapped("<hbm:applied><hbm:region id='r' gpu='0000:c1:00.0' cell='1'/></hbm:applied>");
+        assert!(
+            read_metadata(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing attribute size")
+        );
+        let mode = format!(
+            "<domain><metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}' mode='sometimes'/></metadata></domain>"
+        );
+        assert_eq!(
+            read_metadata(&mode),
+            Err(RewriteError::Invalid {
+                line: 1,
+                element: "hbm:passthrough".into(),
+                reason: "attribute mode: unknown policy \"sometimes\" (expected off, auto or required)".into()
+            })
+        );
+    }
 }

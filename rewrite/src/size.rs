@@ -3,19 +3,20 @@
 /// Parses a size: a plain number of bytes or a number with a binary (`KiB`, `MiB`, `GiB`, `TiB`,
 /// also `K`, `M`, `G`, `T`) or decimal (`KB`, `MB`, `GB`, `TB`) suffix.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
+    let trimmed = text.trim();
+    let split = trimmed.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    if digits.is_empty() {
         return Err(format!(
             "size {text:?} does not start with a number (e.g. 68719476736 or 64GiB)"
         ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("size {text:?} is too large"))?;
+    let count: u64 = digits.parse().map_err(|_| format!("size {text:?} is too large"))?;
     let unit = unit.trim();
     let factor = if unit.is_empty() { Some(1) } else { unit_factor(unit) };
     let factor = factor.ok_or_else(|| format!("size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB)"))?;
-    n.checked_mul(factor)
+    count
+        .checked_mul(factor)
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use hbm_rewrite::{Dialect, RewriteOptions, pci_hostdevs, read_metadata, rewrite};
-use topology::{Health, Inventory, Memmap, Region, Source};
+use topology::Inventory;
 
 const GIB: u64 = 1 << 30;
 
@@ -33,21 +33,7 @@ fn name(p: &std::path::Path) -> String {
 fn inventory_for(xml: &str) -> Inventory {
     let mut inv = Inventory::empty("/");
     for gpu in pci_hostdevs(xml).unwrap_or_default() {
-        inv.regions.push(Region {
-            id: format!("{gpu}/node0"),
-            gpu,
-            host_node: Some(0),
-            size_bytes: GIB,
-            source: Source::Srat,
-            memmap: Memmap::Spm,
-            dax: None,
-            dax_align: None,
-            base: None,
-            online: true,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
-        });
+        inv.regions.push(topology::fixture::region(gpu, 0, GIB));
     }
     inv
 }

@@ -4,30 +4,16 @@
 
 use hbm_rewrite::instructions::MemmapType;
 use hbm_rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, Rewritten, read_metadata, rewrite};
-use topology::{Health, Inventory, Memmap, PciAddress, Region, Source};
+use topology::{Health, Inventory, PciAddress, Region, Source};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-const SAMPLE: &str = include_str!("../../examples/domains/gpu-vm.xml");
-const SAMPLE_GOLDEN: &str = include_str!("../../examples/domains/gpu-vm.rewritten.xml");
+const SAMPLE: &str = include_str!("../../../examples/domains/gpu-vm.xml");
+const SAMPLE_GOLDEN: &str = include_str!("../../../examples/domains/gpu-vm.rewritten.xml");
 
+/// The fixture region of `gpu` (written as text) on host node `node`.
 fn region(gpu: &str, node: u32, size: u64) -> Region {
-    let gpu = PciAddress::parse(gpu).unwrap();
-    Region {
-        id: format!("{gpu}/node{node}"),
-        gpu,
-        host_node: Some(node),
-        size_bytes: size,
-        source: Source::Srat,
-        memmap: Memmap::Spm,
-        dax: None,
-        dax_align: None,
-        base: None,
-        online: true,
-        cpu_node: Some(0),
-        health: Health::Healthy,
-        reason: None,
-    }
+    topology::fixture::region(PciAddress::parse(gpu).unwrap(), node, size)
 }
 
 fn inventory(regions: Vec<Region>) -> Inventory {
@@ -74,6 +60,13 @@ fn rw(xml: &str, inv: &Inventory, o: &RewriteOptions) -> Rewritten {
 
 fn err(xml: &str, inv: &Inventory, o: &RewriteOptions) -> RewriteError {
     rewrite(xml, inv, o).unwrap_err()
+}
+
+/// The refusal of `xml` for a host where GPU 0000:41:00.0 has `size` bytes of HBM on node 0:
+/// (exit code, message).
+fn refusal(xml: &str, size: u64, dialect: Dialect) -> (u8, String) {
+    let e = err(xml, &inventory(vec![region("0000:41:00.0", 0, size)]), &opts(dialect));
+    (e.exit_code(), e.to_string())
 }
 
 /// A minimal q35 domain with direct kernel boot and the given devices.
@@ -201,14 +194,10 @@ fn kernel_cmdline_ranges_follow_the_q35_layout() {
 #[test]
 fn kernel_cmdline_needs_direct_kernel_boot() {
     let xml = domain(1024, &hostdev(0x41)).replace("    <kernel>/k</kernel>\n", "");
-    let e = err(
-        &xml,
-        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
-        &RewriteOptions::default(),
-    );
-    assert_eq!(e.exit_code(), 3);
+    let (code, message) = refusal(&xml, GIB, Dialect::KernelCmdline);
+    assert_eq!(code, 3);
     assert_eq!(
-        e.to_string(),
+        message,
         "domain XML line 5: <os>: cannot satisfy: dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect memmap-type, sp-mem or none"
     );
 }
@@ -251,13 +240,9 @@ fn memmap_type_and_sp_mem_record_adapter_instructions() {
 #[test]
 fn memmap_type_refuses_a_cell_across_4g() {
     let xml = domain(1536, &hostdev(0x41));
-    let e = err(
-        &xml,
-        &inventory(vec![region("0000:41:00.0", 0, 2 * GIB)]),
-        &opts(Dialect::MemmapType(MemmapType::Spm)),
-    );
-    assert_eq!(e.exit_code(), 3);
-    assert!(e.to_string().contains("cell 1 would span the 4 GiB boundary"), "{e}");
+    let (code, message) = refusal(&xml, 2 * GIB, Dialect::MemmapType(MemmapType::Spm));
+    assert_eq!(code, 3);
+    assert!(message.contains("cell 1 would span the 4 GiB boundary"), "{message}");
 }
 
 #[test]
@@ -474,13 +459,9 @@ fn more_than_254_buses_cannot_be_satisfied() {
         ));
     }
     devices.push_str(&hostdev(0x41));
-    let e = err(
-        &domain(1024, &devices),
-        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
-        &opts(Dialect::None),
-    );
-    assert_eq!(e.exit_code(), 3);
-    assert!(e.to_string().contains("more than 254 buses would be needed"), "{e}");
+    let (code, message) = refusal(&domain(1024, &devices), GIB, Dialect::None);
+    assert_eq!(code, 3);
+    assert!(message.contains("more than 254 buses would be needed"), "{message}");
 }
 
 #[test]
@@ -606,26 +587,14 @@ fn a_rewrite_for_another_host_replaces_the_first_hosts_additions() {
 #[test]
 fn i440fx_and_non_x86_are_refused() {
     let xml = domain(1024, &hostdev(0x41)).replace("pc-q35-9.0", "pc-i440fx-9.0");
-    let e = err(
-        &xml,
-        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
-        &RewriteOptions::default(),
-    );
-    assert_eq!(e.exit_code(), 3);
+    let (code, message) = refusal(&xml, GIB, Dialect::KernelCmdline);
+    assert_eq!(code, 3);
     assert_eq!(
-        e.to_string(),
+        message,
         "domain XML line 6: <type>: cannot satisfy: machine \"pc-i440fx-9.0\" is not q35; HBM passthrough needs a PCIe (q35) machine for the pcie-expander-bus"
     );
     let xml = domain(1024, &hostdev(0x41)).replace("arch='x86_64'", "arch='aarch64'");
-    assert_eq!(
-        err(
-            &xml,
-            &inventory(vec![region("0000:41:00.0", 0, GIB)]),
-            &RewriteOptions::default()
-        )
-        .exit_code(),
-        3
-    );
+    assert_eq!(refusal(&xml, GIB, Dialect::KernelCmdline).0, 3);
 }
 
 #[test]
@@ -756,13 +725,9 @@ fn undo_finds_the_pci_hostdev_not_an_other_mode_one_with_the_same_source() {
 #[test]
 fn an_alias_libvirt_would_refuse_is_bad_input() {
     let xml = domain(1024, &hostdev(0x41)).replace("</source>\n", "</source>\n      <alias name='ua-gpu]/0'/>\n");
-    let e = err(
-        &xml,
-        &inventory(vec![region("0000:41:00.0", 0, GIB)]),
-        &opts(Dialect::None),
-    );
-    assert_eq!(e.exit_code(), 2);
-    assert!(e.to_string().contains("has characters libvirt does not allow"), "{e}");
+    let (code, message) = refusal(&xml, GIB, Dialect::None);
+    assert_eq!(code, 2);
+    assert!(message.contains("has characters libvirt does not allow"), "{message}");
 }
 
 #[test]

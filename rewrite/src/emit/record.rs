@@ -1,0 +1,82 @@
+//! The record: `hbm:applied` under `<metadata>` (the claimed regions and the undo ops of every
+//! change written before it), inside the project's element, created with `<metadata>` when
+//! missing.
+
+use crate::metadata::{self, ClaimedRegion, NAMESPACE, UndoOp, render_applied};
+
+use super::edit_writer::EditWriter;
+
+/// Writes the record; the writer's changes must all be flushed before.
+pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedRegion]) {
+    let doc = writer.doc;
+    let root = doc.root;
+    match (doc.child(root, "metadata"), metadata::element(doc)) {
+        (_, Some(ours)) => {
+            let prefix = doc
+                .name(ours)
+                .split_once(':')
+                .map_or("", |(prefix, _)| prefix)
+                .to_string();
+            if doc.elements[ours].children.is_empty() {
+                let op = writer.collapse_op(ours, "metadata/{hbm}");
+                writer.record(op);
+            }
+            let applied = render_applied(&prefix, claimed, writer.undo_ops(), writer.quote);
+            // Not recorded as a remove op: the record is always removed with itself.
+            let xml = applied
+                .replace("\n  ", &format!("\n{}", writer.indent_unit))
+                .replace('\n', writer.newline);
+            writer.append(ours, "metadata/{hbm}", xml, String::new());
+        }
+        (Some(metadata), None) => {
+            if doc.elements[metadata].children.is_empty() {
+                let op = writer.collapse_op(metadata, "metadata");
+                writer.record(op);
+            }
+            writer.record(UndoOp::Remove {
+                at: "metadata/{hbm}".into(),
+                previous: None,
+            });
+            let xml = our_element(writer, claimed);
+            writer.append(metadata, "metadata", xml, String::new());
+        }
+        (None, None) => {
+            writer.record(UndoOp::Remove {
+                at: "metadata".into(),
+                previous: None,
+            });
+            let inner = our_element(writer, claimed);
+            let unit = &writer.indent_unit;
+            let xml = format!(
+                "<metadata>\n{unit}{}\n</metadata>",
+                inner.replace('\n', &format!("\n{unit}"))
+            );
+            let xml = if writer.newline.is_empty() {
+                xml.replace('\n', "")
+            } else {
+                xml
+            };
+            writer.append(root, "", xml, String::new());
+        }
+    }
+    writer.flush_groups();
+}
+
+/// `<hbm:passthrough xmlns:hbm=..>` holding the record.
+fn our_element(writer: &EditWriter<'_, '_>, claimed: &[ClaimedRegion]) -> String {
+    let unit = &writer.indent_unit;
+    let applied = render_applied("hbm", claimed, writer.undo_ops(), writer.quote);
+    let applied = applied.replace("\n  ", &format!("\n{unit}"));
+    let body = format!(
+        "<hbm:{}{}>\n{unit}{}\n</hbm:{}>",
+        metadata::ELEMENT,
+        writer.attr("xmlns:hbm", NAMESPACE),
+        applied.replace('\n', &format!("\n{unit}")),
+        metadata::ELEMENT
+    );
+    if writer.newline.is_empty() {
+        body.replace('\n', "")
+    } else {
+        body
+    }
+}

@@ -1,0 +1,283 @@
+//! The SPM marking per dialect: `memmap=` fragments for the guest kernel command line (from the
+//! q35 guest-physical layout), or instructions for the QEMU argv adapter (`memmap-type`,
+//! `sp-mem`, device-dax backing) with `<emulator>` pointed at the adapter.
+
+use crate::document::Document;
+use crate::instructions::Instruction;
+use crate::layout::{FOUR_GIB, GpaRange};
+use crate::libvirt::unsatisfiable;
+use crate::size::kernel_size;
+use crate::{Dialect, RewriteError};
+
+use super::Target;
+use super::cells::NewCell;
+
+/// Alignment assumed for a device-dax region whose `align` is unknown.
+pub(crate) const DEFAULT_DAX_ALIGN: u64 = 2 << 20;
+
+/// How the HBM cells are marked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SpmMarking {
+    /// `memmap=<size>%<gpa>-1+0xefffffff`, one per range of each `kernel-cmdline` cell.
+    pub kernel_cmdline: Vec<String>,
+    /// What the argv adapter changes, in cell order.
+    pub instructions: Vec<Instruction>,
+}
+
+/// What happens to `<emulator>` when the adapter must act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EmulatorChange {
+    /// No instruction, or it names the adapter already.
+    Unchanged,
+    /// The existing element's text becomes the adapter path.
+    Set(usize),
+    /// An `<emulator>` naming the adapter is added.
+    Add,
+}
+
+/// The marking of every new cell; `new_ranges` holds the cells' guest ranges in cell order.
+pub(crate) fn spm_marking(
+    doc: &Document<'_>,
+    os: usize,
+    targets: &[Target<'_>],
+    new_ranges: &[Vec<GpaRange>],
+) -> Result<SpmMarking, RewriteError> {
+    let mut marking = SpmMarking::default();
+    let cells = targets
+        .iter()
+        .flat_map(|target| target.cells.iter().map(move |cell| (target, cell)));
+    for ((target, cell), ranges) in cells.zip(new_ranges) {
+        match target.dialect {
+            Dialect::KernelCmdline => {
+                if doc.child(os, "kernel").is_none() {
+                    return Err(unsatisfiable(
+                        doc,
+                        os,
+                        "dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect memmap-type, sp-mem or none",
+                    ));
+                }
+                marking.kernel_cmdline.extend(kernel_cmdline_fragments(ranges));
+            }
+            Dialect::MemmapType(memmap) => {
+                if spans_4g(ranges) {
+                    return Err(unsatisfiable(
+                        doc,
+                        target.hostdev,
+                        format!(
+                            "cell {} would span the 4 GiB boundary, which memmap-type refuses; change the guest RAM size",
+                            cell.id
+                        ),
+                    ));
+                }
+                marking.instructions.push(Instruction::MemmapType {
+                    cell: cell.id,
+                    size_bytes: cell.size,
+                    memmap,
+                });
+            }
+            Dialect::SpMem => marking.instructions.push(Instruction::SpMem {
+                cell: cell.id,
+                size_bytes: cell.size,
+            }),
+            Dialect::None => {}
+        }
+        marking.instructions.extend(dax_instruction(cell));
+    }
+    Ok(marking)
+}
+
+/// `memmap=` for each guest range of a cell (sizes as the kernel's `memparse` reads them).
+pub(crate) fn kernel_cmdline_fragments(ranges: &[GpaRange]) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|range| {
+            format!(
+                "memmap={}%{}-1+0xefffffff",
+                kernel_size(range.size),
+                kernel_size(range.start)
+            )
+        })
+        .collect()
+}
+
+/// Whether a cell's memory crosses the 4 GiB boundary (two ranges, or one across it).
+pub(crate) fn spans_4g(ranges: &[GpaRange]) -> bool {
+    ranges.len() > 1
+        || ranges
+            .first()
+            .is_some_and(|range| range.start < FOUR_GIB && range.start + range.size > FOUR_GIB)
+}
+
+/// The `dax` instruction for a cell whose region is reachable only as device-dax.
+pub(crate) fn dax_instruction(cell: &NewCell<'_>) -> Option<Instruction> {
+    if cell.region.online {
+        return None;
+    }
+    let path = cell.region.dax.as_ref()?;
+    Some(Instruction::Dax {
+        cell: cell.id,
+        size_bytes: cell.size,
+        path: path.clone(),
+        align: cell.region.dax_align.unwrap_or(DEFAULT_DAX_ALIGN),
+    })
+}
+
+/// `<emulator>` must name `adapter_path` when there are instructions.
+pub(crate) fn emulator_change(
+    doc: &Document<'_>,
+    devices: usize,
+    adapter_path: &str,
+    instructions: &[Instruction],
+) -> EmulatorChange {
+    if instructions.is_empty() {
+        return EmulatorChange::Unchanged;
+    }
+    match doc.child(devices, "emulator") {
+        Some(emulator) if doc.text(emulator) == adapter_path => EmulatorChange::Unchanged,
+        Some(emulator) => EmulatorChange::Set(emulator),
+        None => EmulatorChange::Add,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use topology::{PciAddress, Region, fixture::region};
+
+    use super::*;
+    use crate::instructions::MemmapType;
+    use crate::plan::aliases::AliasChange;
+    use crate::plan::buses::Placement;
+
+    const GIB: u64 = 1 << 30;
+    const GPU: PciAddress = PciAddress::new(0, 0x41, 0, 0);
+
+    fn target<'i>(dialect: Dialect, cells: Vec<NewCell<'i>>) -> Target<'i> {
+        Target {
+            hostdev: 0,
+            addr: GPU,
+            dialect,
+            cells,
+            placement: Placement::Reuse { expander: 0, index: 1 },
+            alias: "ua-x".into(),
+            alias_change: AliasChange::Keep,
+        }
+    }
+
+    fn range(start: u64, size: u64) -> GpaRange {
+        GpaRange { start, size }
+    }
+
+    #[test]
+    fn kernel_cmdline_gets_one_memmap_per_range() {
+        assert_eq!(
+            kernel_cmdline_fragments(&[range(3 << 29, 1 << 29), range(FOUR_GIB, 3 << 29)]),
+            vec!["memmap=512M%1536M-1+0xefffffff", "memmap=1536M%4G-1+0xefffffff"]
+        );
+        let doc = Document::parse("<domain><os><kernel>/k</kernel></os></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &hbm,
+        }];
+        let marking = spm_marking(
+            &doc,
+            1,
+            &[target(Dialect::KernelCmdline, cells)],
+            &[vec![range(10 * GIB, GIB)]],
+        );
+        assert_eq!(
+            marking,
+            Ok(SpmMarking {
+                kernel_cmdline: vec!["memmap=1G%10G-1+0xefffffff".into()],
+                instructions: vec![],
+            })
+        );
+    }
+
+    #[test]
+    fn kernel_cmdline_without_direct_kernel_boot_is_refused() {
+        let doc = Document::parse("<domain><os/></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &hbm,
+        }];
+        let err = spm_marking(&doc, 1, &[target(Dialect::KernelCmdline, cells)], &[vec![]]).unwrap_err();
+        assert!(err.to_string().contains("needs direct kernel boot"));
+    }
+
+    #[test]
+    fn memmap_type_refuses_4g_crossings_and_records_instructions() {
+        assert!(spans_4g(&[range(0, 1), range(FOUR_GIB, 1)]));
+        assert!(spans_4g(&[range(FOUR_GIB - 1, 2)]));
+        assert!(!spans_4g(&[range(FOUR_GIB, GIB)]));
+        let doc = Document::parse("<domain><os/></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let dialect = Dialect::MemmapType(MemmapType::Reserved);
+        let cells = vec![NewCell {
+            id: 2,
+            size: GIB,
+            region: &hbm,
+        }];
+        let marking = spm_marking(&doc, 1, &[target(dialect, cells)], &[vec![range(FOUR_GIB, GIB)]]).unwrap();
+        assert_eq!(
+            marking.instructions,
+            vec![Instruction::MemmapType {
+                cell: 2,
+                size_bytes: GIB,
+                memmap: MemmapType::Reserved
+            }]
+        );
+    }
+
+    #[test]
+    fn a_dax_region_gets_a_dax_instruction_with_its_alignment() {
+        let dax = Region {
+            online: false,
+            dax: Some("/dev/dax1.0".into()),
+            ..region(GPU, 3, GIB)
+        };
+        let cell = NewCell {
+            id: 4,
+            size: GIB,
+            region: &dax,
+        };
+        assert_eq!(
+            dax_instruction(&cell),
+            Some(Instruction::Dax {
+                cell: 4,
+                size_bytes: GIB,
+                path: "/dev/dax1.0".into(),
+                align: DEFAULT_DAX_ALIGN
+            })
+        );
+        let online = region(GPU, 3, GIB);
+        assert_eq!(
+            dax_instruction(&NewCell {
+                id: 4,
+                size: GIB,
+                region: &online
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn emulator_names_the_adapter_only_with_instructions() {
+        let sp_mem = [Instruction::SpMem {
+            cell: 1,
+            size_bytes: GIB,
+        }];
+        let doc = Document::parse("<devices><emulator>/usr/bin/qemu</emulator></devices>").unwrap();
+        assert_eq!(emulator_change(&doc, 0, "/a", &[]), EmulatorChange::Unchanged);
+        assert_eq!(emulator_change(&doc, 0, "/a", &sp_mem), EmulatorChange::Set(1));
+        assert_eq!(
+            emulator_change(&doc, 0, "/usr/bin/qemu", &sp_mem),
+            EmulatorChange::Unchanged
+        );
+        let doc = Document::parse("<devices/>").unwrap();
+        assert_eq!(emulator_change(&doc, 0, "/a", &sp_mem), EmulatorChange::Add);
+    }
+}
