@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use hbm_shell::Durability;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -296,24 +297,16 @@ pub fn store(binary: &Path, cache_dir: &Path, caps: &Capabilities) -> std::io::R
         size,
         capabilities: caps.clone(),
     };
-    write_atomically(&cache_file(cache_dir, binary), &entry)
+    write_cache_entry(&cache_file(cache_dir, binary), &entry)
 }
 
-fn write_atomically(path: &Path, entry: &CacheEntry) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+/// Writes one cache file (creating the cache directory), atomically and durably.
+fn write_cache_entry(path: &Path, entry: &CacheEntry) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let text = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    hbm_shell::write_atomically(path, &text, Durability::Durable)
 }
 
 #[cfg(test)]

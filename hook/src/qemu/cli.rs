@@ -6,7 +6,7 @@
 //!
 //! Reads the instructions from `HBM_QEMU_INSTRUCTIONS` (libvirt passes `<qemu:env>` entries to the
 //! emulator), checks each dax device, asks the probe what the real QEMU speaks (cached), applies
-//! [`crate::adapter::transform`], logs the argv seen and the argv exec'd to stderr (libvirt puts it
+//! [`super::transform::transform`], logs the argv seen and the argv exec'd to stderr (libvirt puts it
 //! in `/var/log/libvirt/qemu/<domain>.log`), then `exec`s the real QEMU: same pid, stdio and every
 //! inherited fd untouched, so libvirt's monitor socket and log pipe keep working. Without
 //! instructions the arguments pass through untouched and nothing is probed.
@@ -17,15 +17,16 @@
 
 use std::convert::Infallible;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::adapter::{self, AdapterError};
+use hbm_shell::ExitStatus;
+
+use super::instructions::{self, DomainInputError};
+use super::probe::{self, ProbeError};
+use super::transform::{self, AdapterError};
 use crate::config::{ConfigError, HookConfig};
-use crate::probe::{self, ProbeError};
-use hbm_rewrite::instructions::{self, Instruction, InstructionError};
 
 /// Environment variable naming the real emulator (overrides the config's `qemu.emulator`).
 pub const EMULATOR_ENV: &str = "HBM_QEMU_EMULATOR";
@@ -83,34 +84,28 @@ pub enum AdapterCommandError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Instructions(#[from] InstructionError),
+    DomainInput(#[from] DomainInputError),
     #[error(transparent)]
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error(
-        "dax device {path} for cell {cell}: {why}; create it with `daxctl create-device` or fix the domain's HBM region"
-    )]
-    DaxDevice { cell: u32, path: String, why: String },
-    #[error("argument {index} is not UTF-8, so it cannot be checked against the instructions")]
-    NotUtf8 { index: usize },
     #[error("cannot exec {emulator}: {why}; set the real QEMU with {EMULATOR_ENV} or the config's qemu.emulator")]
     Exec { emulator: String, why: String },
     #[error("the real emulator {emulator} is this adapter itself; point it at the real QEMU binary")]
     Loop { emulator: String },
 }
 
-impl AdapterCommandError {
-    /// The documented exit code.
-    pub fn exit_code(&self) -> u8 {
+/// The adapter's own code for "the real QEMU cannot be exec'd".
+pub const EXEC_FAILED: u8 = 4;
+
+impl ExitStatus for AdapterCommandError {
+    /// 2 bad input, 3 this QEMU cannot do what the domain asks, 4 the real QEMU cannot be exec'd.
+    fn exit_code(&self) -> u8 {
         match self {
-            AdapterCommandError::Instructions(_)
-            | AdapterCommandError::Config(_)
-            | AdapterCommandError::DaxDevice { .. }
-            | AdapterCommandError::NotUtf8 { .. } => 2,
+            AdapterCommandError::DomainInput(_) | AdapterCommandError::Config(_) => 2,
             AdapterCommandError::Adapter(AdapterError::DialectUnsupported { .. }) | AdapterCommandError::Probe(_) => 3,
             AdapterCommandError::Adapter(_) => 2,
-            AdapterCommandError::Exec { .. } | AdapterCommandError::Loop { .. } => 4,
+            AdapterCommandError::Exec { .. } | AdapterCommandError::Loop { .. } => EXEC_FAILED,
         }
     }
 }
@@ -149,11 +144,8 @@ pub fn run(args: QemuArgs) -> ExitCode {
     });
     match outcome {
         Ok(never) => match never {},
-        Err(e) => {
-            // One line, the last on stderr: libvirt shows it as the start error.
-            eprintln!("hbm-qemu: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        // One line, the last on stderr: libvirt shows it as the start error.
+        Err(e) => hbm_shell::exit_with("hbm-qemu", &e),
     }
 }
 
@@ -198,25 +190,17 @@ fn exec_adapted(
     let emulator = &settings.emulator;
     let seen = render_argv(invoked_as, qemu_args);
     tracing::info!(pid = std::process::id(), argv = %seen, "hbm-qemu: argv seen");
-    let wire = std::env::var(instructions::ENV_VAR).unwrap_or_default();
-    let instructions = instructions::parse(&wire)?;
+    let (wire, parsed) = instructions::from_env();
+    let instructions = parsed?;
     refuse_self(emulator)?;
     if instructions.is_empty() {
         tracing::info!(argv = %render_argv(emulator, qemu_args), "hbm-qemu: no instructions, argv exec'd unchanged");
         return exec(emulator, qemu_args);
     }
-    let argv: Vec<String> = qemu_args
-        .iter()
-        .enumerate()
-        .map(|(index, a)| {
-            a.to_str()
-                .map(String::from)
-                .ok_or(AdapterCommandError::NotUtf8 { index: index + 1 })
-        })
-        .collect::<Result<_, _>>()?;
-    check_dax_devices(&instructions)?;
+    let argv = instructions::utf8_args(qemu_args)?;
+    instructions::check_dax_devices(&instructions)?;
     let facts = probe::capabilities(emulator, &settings.probe_cache_dir, probe::PROBE_TIMEOUT)?;
-    let out = adapter::transform(&argv, &instructions, &facts)?;
+    let out = transform::transform(&argv, &instructions, &facts)?;
     // argv last: it runs to the end of the line.
     tracing::info!(
         instructions = %wire,
@@ -225,23 +209,6 @@ fn exec_adapted(
         "hbm-qemu: argv exec'd"
     );
     exec(emulator, &out)
-}
-
-fn check_dax_devices(instructions: &[Instruction]) -> Result<(), AdapterCommandError> {
-    for i in instructions {
-        if let Instruction::Dax { cell, path, .. } = i {
-            let err = |why: String| AdapterCommandError::DaxDevice {
-                cell: *cell,
-                path: path.clone(),
-                why,
-            };
-            let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-            if !meta.file_type().is_char_device() {
-                return Err(err("not a character device".into()));
-            }
-        }
-    }
-    Ok(())
 }
 
 fn refuse_self(emulator: &Path) -> Result<(), AdapterCommandError> {

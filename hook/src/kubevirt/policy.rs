@@ -1,6 +1,6 @@
 //! The pure core of the KubeVirt front end: VMI JSON + domain XML + host inventory in, the
 //! domain XML to hand to libvirt out. No gRPC, no async, no filesystem: the sidecar server
-//! (`kubevirt.rs`) and the sidecar-shim convention (`onDefineDomain --vmi .. --domain ..`) both
+//! ([`super::sidecar`]) and the sidecar-shim convention (`onDefineDomain --vmi .. --domain ..`) both
 //! call [`define_domain`].
 //!
 //! The policy comes from VMI annotations in the project's domain:
@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use hbm_shell::ExitStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use topology::Inventory;
@@ -31,8 +32,8 @@ pub const DIALECT_ANNOTATION: &str = "hbm-passthrough.dev/dialect";
 /// Largest guest cell per region: bytes or `64GiB`.
 pub const SIZE_CAP_ANNOTATION: &str = "hbm-passthrough.dev/size-cap";
 
-/// Why a definition could not be produced. [`KubevirtError::exit_code`] maps it to the
-/// documented exit codes of the shim convention; the sidecar maps it to a gRPC status.
+/// Why a definition could not be produced. Its [`ExitStatus`] code is the documented exit code of the
+/// shim convention; the sidecar maps it to a gRPC status.
 #[derive(Debug, thiserror::Error)]
 pub enum KubevirtError {
     #[error("VMI is not valid JSON with an object `metadata`: {0}; virt-launcher sends the VMI object as JSON")]
@@ -56,16 +57,18 @@ pub enum KubevirtError {
     },
 }
 
-impl KubevirtError {
+impl ExitStatus for KubevirtError {
     /// 2 = bad input (VMI, annotations, XML), 3 = `required` but this node cannot give the HBM.
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> u8 {
         match self {
             KubevirtError::VmiNotJson(_) | KubevirtError::Annotation { .. } | KubevirtError::DomainNotUtf8 { .. } => 2,
             KubevirtError::Discovery { .. } => 3,
             KubevirtError::Rewrite { source, .. } => source.exit_code(),
         }
     }
+}
 
+impl KubevirtError {
     /// Whether the fault is in the caller's input (as opposed to what this node can give).
     pub fn is_bad_input(&self) -> bool {
         self.exit_code() == 2

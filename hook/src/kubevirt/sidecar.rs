@@ -1,7 +1,7 @@
 //! KubeVirt hook sidecar: serves `kubevirt.hooks.info.Info` and the `Callbacks` of
 //! `kubevirt.hooks.v1alpha1`, `v1alpha2` and `v1alpha3` on a unix socket in virt-launcher's hook
 //! directory (`/var/run/kubevirt-hooks/<name>.sock`). A thin shell: OnDefineDomain hands its bytes
-//! to [`crate::kubevirt_policy::define_domain`] and maps the result to gRPC.
+//! to [`super::policy::define_domain`] and maps the result to gRPC.
 //!
 //! - Info: the name, hook point `OnDefineDomain` with the configured priority, versions
 //!   `v1alpha1`, `v1alpha2`, `v1alpha3`.
@@ -26,7 +26,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use topology::Inventory;
 
-use crate::kubevirt_policy::{DefineOutcome, KubevirtError, define_domain};
+use super::policy::{DefineOutcome, KubevirtError, define_domain};
 use hbm_rewrite::RewriteOptions;
 
 /// virt-launcher's hook socket directory.
@@ -63,9 +63,9 @@ pub enum SidecarError {
     Serve(#[from] tonic::transport::Error),
 }
 
-impl SidecarError {
+impl hbm_shell::ExitStatus for SidecarError {
     /// 2 = bad arguments or socket directory, 1 = anything else.
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> u8 {
         match self {
             SidecarError::SocketDirMissing(_)
             | SidecarError::SocketDirNotDir(_)

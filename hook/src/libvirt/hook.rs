@@ -4,7 +4,7 @@
 //!
 //! | call | what it does |
 //! |---|---|
-//! | `prepare begin` | domains whose `hbm:` metadata records regions: check each is present, healthy and the same (host node, dax device, size) on this host, then claim them all (claim files, see [`crate::claims`]); refuse when another running domain holds one |
+//! | `prepare begin` | domains whose `hbm:` metadata records regions: check each is present, healthy and the same (host node, dax device, size) on this host, then claim them all (claim files, see [`super::claims`]); refuse when another running domain holds one |
 //! | `release end` | drop the domain's claims |
 //! | `stopped end` | log only |
 //! | `migrate begin`, `restore begin` | rewrite the definition for this host; the new XML on stdout, nothing when unchanged |
@@ -15,32 +15,21 @@
 //! rewrite at migrate/restore cannot be satisfied on this host. On failure stderr holds exactly
 //! one line, which libvirt puts into the error it reports.
 
-use std::ffi::OsString;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hbm_shell::ExitStatus;
 use topology::{Health, Inventory};
 
-use crate::claims::{ClaimError, ClaimStore};
+use super::claims::{ClaimError, ClaimStore};
 use crate::config::{ConfigError, HookConfig};
+use crate::inventory::{self, InventoryArgs};
 use hbm_rewrite::document::Document;
 use hbm_rewrite::{ClaimedRegion, RewriteError, read_metadata, rewrite};
 
 /// The hook's file name under `/etc/libvirt/hooks/qemu.d/`; `hbm-hook` run under this name is
 /// the libvirt hook.
 pub const HOOK_NAME: &str = "hbm-passthrough";
-
-/// `hbm-hook libvirt`: the libvirt hook call, as libvirt makes it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LibvirtArgs {
-    /// Config file (default /etc/hbm-passthrough/hook.yaml when it exists).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The domain name, operation, sub-operation and extra argument libvirt passes.
-    #[arg(required = true, num_args = 4, value_names = ["DOMAIN", "OPERATION", "SUB_OP", "EXTRA"], allow_hyphen_values = true)]
-    pub call: Vec<String>,
-}
 
 /// Why the hook failed (see the module docs for exit codes).
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +76,9 @@ pub enum HookError {
     Stdout(io::Error),
 }
 
-impl HookError {
-    pub fn exit_code(&self) -> u8 {
+impl ExitStatus for HookError {
+    /// 2 bad input, 1 refused, the rewriter's code at migrate/restore.
+    fn exit_code(&self) -> u8 {
         match self {
             HookError::Usage(_) | HookError::Stdin(_) | HookError::Xml { .. } | HookError::NoUuid { .. } => 2,
             HookError::Config(_) => 2,
@@ -196,17 +186,12 @@ fn domain_uuid(domain: &str, xml: &str) -> Result<String, HookError> {
     Ok(uuid)
 }
 
+/// This host's inventory: a scan of the config's `sysfs_root` (the hook takes no inventory flags).
 fn discover(domain: &str, config: &HookConfig) -> Result<Inventory, HookError> {
-    let root = sysfs_root(config);
-    topology::discover(&root, &config.discovery).map_err(|e| HookError::Discovery {
+    inventory::resolve(&InventoryArgs::default(), config).map_err(|e| HookError::Discovery {
         domain: domain.to_string(),
         reason: e.to_string(),
     })
-}
-
-/// The sysfs/procfs root the hook scans: the config's `sysfs_root`, else `/`.
-pub fn sysfs_root(config: &HookConfig) -> PathBuf {
-    config.sysfs_root.clone().unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// Checks the recorded regions against this host's inventory: the first problem found.
@@ -340,49 +325,6 @@ fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Runs the hook with real stdin/stdout/stderr; returns the exit code.
-pub fn main(args: &[String], config_path: Option<&Path>) -> u8 {
-    let load = || HookConfig::load(config_path);
-    let result = run(args, &mut io::stdin().lock(), &load).and_then(|out| {
-        if out.stdout.is_empty() {
-            return Ok(());
-        }
-        let mut stdout = io::stdout().lock();
-        stdout
-            .write_all(out.stdout.as_bytes())
-            .and_then(|()| stdout.flush())
-            .map_err(HookError::Stdout)
-    });
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            let line = e.to_string().replace('\n', " ");
-            let _ = writeln!(io::stderr().lock(), "{HOOK_NAME}: {line}");
-            e.exit_code()
-        }
-    }
-}
-
-/// Whether argv[0] names the hook (basename [`HOOK_NAME`]).
-pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
-    Path::new(argv0).file_name().is_some_and(|n| n == HOOK_NAME)
-}
-
-/// Entry point when the binary runs under the hook's name (argv[0] basename [`HOOK_NAME`]).
-/// Calls the hook ignores (most of them: it runs on every state change of every domain) return
-/// before `init_logging` runs, so they cost little more than the process start.
-pub fn main_from_argv(argv: &[OsString], init_logging: fn()) -> u8 {
-    let args: Vec<String> = argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-    if let [_, operation, sub_operation, _] = args.as_slice()
-        && Call::classify(operation, sub_operation) == Call::Ignored
-    {
-        let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
-        return 0;
-    }
-    init_logging();
-    main(&args, None)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! - `hbm-hook kubevirt-sidecar [--socket-dir DIR] [--name NAME] [--priority N]
 //!   [--sysfs-root DIR | --topology FILE] [--config FILE]`: the gRPC hook sidecar
-//!   ([`crate::kubevirt`]). Exit codes: 0 stopped by Shutdown/SIGTERM, 1 runtime error, 2 bad
+//!   ([`super::sidecar`]). Exit codes: 0 stopped by Shutdown/SIGTERM, 1 runtime error, 2 bad
 //!   arguments, config, topology or socket directory.
 //! - KubeVirt's sidecar-shim convention: `hbm-hook onDefineDomain --vmi JSON --domain XML` (or the
 //!   binary run under the name `onDefineDomain`) prints the new domain XML (the input when there
@@ -15,31 +15,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::HookConfig;
-use crate::kubevirt::{DEFAULT_NAME, DEFAULT_SOCKET_DIR, InventoryFn, Sidecar, SidecarSettings, termination_signal};
-use crate::kubevirt_policy::{DefineOutcome, define_domain};
-use crate::rewrite_command::load_topology;
+use hbm_shell::ExitStatus;
+
+use super::policy::{DefineOutcome, KubevirtError, define_domain};
+use super::sidecar::{
+    DEFAULT_NAME, DEFAULT_SOCKET_DIR, InventoryFn, Sidecar, SidecarError, SidecarSettings, termination_signal,
+};
+use crate::config::{ConfigError, HookConfig};
+use crate::inventory::{self, InventoryArgs, InventoryError, InventorySource};
 use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
 
 /// argv[0] basename KubeVirt's sidecar shim runs for OnDefineDomain.
 pub const SHIM_ON_DEFINE_DOMAIN: &str = "onDefineDomain";
 /// argv[0] basename KubeVirt's sidecar shim runs for PreCloudInitIso.
 pub const SHIM_PRE_CLOUD_INIT_ISO: &str = "preCloudInitIso";
-
-/// Where the node's inventory comes from.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct InventoryArgs {
-    /// Scan this sysfs/procfs root (the node's /sys seen read-only); default: the config's
-    /// `sysfs_root`, else `/`.
-    #[arg(long, value_name = "DIR", conflicts_with = "topology")]
-    pub sysfs_root: Option<PathBuf>,
-    /// Use this `discover --json` document instead of scanning.
-    #[arg(long, value_name = "FILE")]
-    pub topology: Option<PathBuf>,
-    /// Config file (default /etc/hbm-passthrough/hook.yaml when it exists).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
 
 /// The node's defaults for VMIs that do not choose (their `hbm-passthrough.dev/` annotations
 /// win); unset, the config file's `rewrite` section decides.
@@ -110,48 +99,62 @@ pub struct ShimCloudInitArgs {
     pub cloud_init: String,
 }
 
-/// Why the shell could not even start.
+/// Why a KubeVirt command failed; its exit code is the documented one.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum KubevirtCommandError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
-    Topology(#[from] crate::rewrite_command::RewriteCommandError),
+    Inventory(#[from] InventoryError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    #[error(transparent)]
+    Define(#[from] KubevirtError),
+    #[error("stdout: {0}")]
+    Stdout(std::io::Error),
 }
 
-/// The host defaults and the inventory function the arguments and config describe.
-pub fn settings_from(args: &InventoryArgs) -> Result<(HookConfig, InventoryFn), StartError> {
-    let config = HookConfig::load(args.config.as_deref())?;
-    let inventory: InventoryFn = match &args.topology {
-        Some(path) => {
-            let inv = Arc::new(load_topology(path)?);
-            Arc::new(move || Ok(inv.as_ref().clone()))
+impl ExitStatus for KubevirtCommandError {
+    /// 2 bad arguments, config or topology; the sidecar's and the definition's own codes; 1 I/O.
+    fn exit_code(&self) -> u8 {
+        match self {
+            KubevirtCommandError::Config(_) | KubevirtCommandError::Inventory(_) => hbm_shell::exit::BAD_INPUT,
+            KubevirtCommandError::Sidecar(e) => e.exit_code(),
+            KubevirtCommandError::Define(e) => e.exit_code(),
+            KubevirtCommandError::Runtime(_) | KubevirtCommandError::Stdout(_) => hbm_shell::exit::FAILURE,
         }
-        None => {
-            let root = args
-                .sysfs_root
-                .clone()
-                .or_else(|| config.sysfs_root.clone())
-                .unwrap_or_else(|| PathBuf::from("/"));
+    }
+}
+
+/// The host defaults and the inventory function the arguments and config describe: a
+/// `--topology` document is read once now, a sysfs root is scanned per call (the node changes).
+pub fn settings_from(args: &InventoryArgs) -> Result<(HookConfig, InventoryFn), KubevirtCommandError> {
+    let config = args.load_config()?;
+    let inventory: InventoryFn = match args.source(&config) {
+        InventorySource::Topology(path) => {
+            let fixed = Arc::new(inventory::load_topology(&path)?);
+            Arc::new(move || Ok(fixed.as_ref().clone()))
+        }
+        sysfs @ InventorySource::Sysfs(_) => {
             let discovery = config.discovery.clone();
-            Arc::new(move || topology::discover(&root, &discovery).map_err(|e| e.to_string()))
+            Arc::new(move || sysfs.read(&discovery).map_err(|e| e.to_string()))
         }
     };
     Ok((config, inventory))
 }
 
-fn fail(prefix: &str, message: &str, code: u8) -> ExitCode {
-    let _ = writeln!(std::io::stderr().lock(), "{prefix}: {}", message.replace('\n', " "));
-    ExitCode::from(code)
-}
-
 /// `hbm-hook kubevirt-sidecar`: serves until Shutdown or SIGTERM.
 pub fn run_sidecar(args: &SidecarArgs) -> ExitCode {
-    const PREFIX: &str = "hbm-hook kubevirt-sidecar";
-    let (config, inventory) = match settings_from(&args.inventory) {
-        Ok(s) => s,
-        Err(e) => return fail(PREFIX, &e.to_string(), 2),
-    };
+    match serve_sidecar(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => hbm_shell::exit_with("hbm-hook kubevirt-sidecar", &e),
+    }
+}
+
+fn serve_sidecar(args: &SidecarArgs) -> Result<(), KubevirtCommandError> {
+    let (config, inventory) = settings_from(&args.inventory)?;
     // Discovery runs per call (the node changes); a first scan now shows a broken mount early.
     match inventory() {
         Ok(inv) => tracing::info!(gpus = inv.gpus.len(), regions = inv.regions.len(), "node inventory"),
@@ -163,62 +166,58 @@ pub fn run_sidecar(args: &SidecarArgs) -> ExitCode {
         options: args.defaults.apply(config.rewrite_options()),
         inventory,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(PREFIX, &format!("cannot start the async runtime: {e}"), 1),
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KubevirtCommandError::Runtime)?;
     runtime.block_on(async {
-        let sidecar = match Sidecar::bind(&args.socket_dir, settings).await {
-            Ok(s) => s,
-            Err(e) => return fail(PREFIX, &e.to_string(), e.exit_code()),
-        };
-        match sidecar.serve(termination_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(PREFIX, &e.to_string(), e.exit_code()),
-        }
+        let sidecar = Sidecar::bind(&args.socket_dir, settings).await?;
+        sidecar.serve(termination_signal()).await?;
+        Ok::<(), KubevirtCommandError>(())
     })
 }
 
 /// `onDefineDomain --vmi JSON --domain XML`: the new XML on stdout.
 pub fn run_shim_define(args: &ShimDefineArgs) -> ExitCode {
-    const PREFIX: &str = "hbm-hook onDefineDomain";
-    let (config, inventory) = match settings_from(&args.inventory) {
-        Ok(s) => s,
-        Err(e) => return fail(PREFIX, &e.to_string(), 2),
-    };
-    let xml = match define_domain(
-        args.domain.as_bytes(),
-        args.vmi.as_bytes(),
-        &args.defaults.apply(config.rewrite_options()),
-        || inventory(),
-    ) {
-        Ok(DefineOutcome::Rewritten { xml, summary }) => {
+    match shim_define(args).and_then(|xml| print(&xml)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => hbm_shell::exit_with("hbm-hook onDefineDomain", &e),
+    }
+}
+
+/// The definition to print: the rewritten XML, or the input when there is nothing to do.
+fn shim_define(args: &ShimDefineArgs) -> Result<String, KubevirtCommandError> {
+    let (config, inventory) = settings_from(&args.inventory)?;
+    let options = args.defaults.apply(config.rewrite_options());
+    let xml = match define_domain(args.domain.as_bytes(), args.vmi.as_bytes(), &options, || inventory())? {
+        DefineOutcome::Rewritten { xml, summary } => {
             tracing::info!(summary = ?summary, "rewritten");
             xml
         }
-        Ok(DefineOutcome::Unchanged { why }) => {
+        DefineOutcome::Unchanged { why } => {
             tracing::info!(why = %why, "unchanged");
             args.domain.clone()
         }
-        Ok(DefineOutcome::UnchangedWithWarning { warning }) => {
+        DefineOutcome::UnchangedWithWarning { warning } => {
             tracing::warn!(warning = %warning, "unchanged (policy auto)");
             args.domain.clone()
         }
-        Err(e) => return fail(PREFIX, &e.to_string(), e.exit_code()),
     };
+    Ok(xml)
+}
+
+fn print(text: &str) -> Result<(), KubevirtCommandError> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(xml.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(PREFIX, &format!("stdout: {e}"), 1),
-    }
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(KubevirtCommandError::Stdout)
 }
 
 /// `preCloudInitIso --vmi JSON --cloud-init JSON`: the cloud-init JSON back, unchanged.
 pub fn run_shim_cloud_init(args: &ShimCloudInitArgs) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(args.cloud_init.as_bytes()).and_then(|()| out.flush()) {
+    match print(&args.cloud_init) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("hbm-hook preCloudInitIso", &format!("stdout: {e}"), 1),
+        Err(e) => hbm_shell::exit_with("hbm-hook preCloudInitIso", &e),
     }
 }
 

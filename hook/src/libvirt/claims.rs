@@ -13,11 +13,12 @@
 //! claim is stale and is taken over (and logged).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hbm_shell::Durability;
 use serde::{Deserialize, Serialize};
 
 /// libvirt's run directory for QEMU domains (pid files, status XML).
@@ -187,7 +188,7 @@ impl ClaimStore {
                     .map(|(c, _)| format!("{} ({})", c.domain, c.uuid)),
             };
             let path = self.claim_path(region);
-            if let Err(e) = write_atomically(&path, &claim) {
+            if let Err(e) = write_claim(&path, &claim) {
                 // All or nothing: drop what this call wrote (claims it replaced were stale).
                 for p in &written {
                     let _ = fs::remove_file(p);
@@ -355,22 +356,15 @@ fn read_claim(path: &Path) -> Result<Option<Claim>, ClaimError> {
     }
 }
 
-fn write_atomically(path: &Path, claim: &Claim) -> Result<(), ClaimError> {
+/// Writes one claim file: atomically and durably (a claim must survive a crash of the host).
+fn write_claim(path: &Path, claim: &Claim) -> Result<(), ClaimError> {
     let file_err = |source| ClaimError::File {
         path: path.to_path_buf(),
         source,
     };
     let mut body = serde_json::to_string(claim).map_err(|e| file_err(io::Error::other(e)))?;
     body.push('\n');
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".claim-")
-        .tempfile_in(dir)
-        .map_err(file_err)?;
-    tmp.write_all(body.as_bytes()).map_err(file_err)?;
-    tmp.as_file().sync_all().map_err(file_err)?;
-    tmp.persist(path).map_err(|e| file_err(e.error))?;
-    Ok(())
+    hbm_shell::write_atomically(path, body.as_bytes(), Durability::Durable).map_err(file_err)
 }
 
 /// A file name for a region id: ASCII letters, digits, `:`, `.` and `-` kept, any other byte
