@@ -103,11 +103,11 @@ pub fn config_yaml(sysfs_root: &Path, claims_dir: &Path, startup_grace_secs: u64
 
 /// The claim file of [`REGION`] in `claims_dir`.
 pub fn claim_file(claims_dir: &Path) -> PathBuf {
-    hbm_hook::claims::ClaimStore::new(claims_dir).claim_path(REGION)
+    hbm_hook::libvirt::claims::ClaimStore::new(claims_dir).claim_path(REGION)
 }
 
 /// Reads the claim of [`REGION`], if any.
-pub fn read_claim(claims_dir: &Path) -> Option<hbm_hook::claims::Claim> {
+pub fn read_claim(claims_dir: &Path) -> Option<hbm_hook::libvirt::claims::Claim> {
     let text = std::fs::read_to_string(claim_file(claims_dir)).ok()?;
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("claim file is not a claim: {e}: {text}")))
 }

@@ -3,16 +3,14 @@
 //! stale socket from a previous run, missing / unwritable directory, a non-socket in the way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::domain_xml::PciAddr;
-use support::kubevirt::{
+use crate::common::domain_xml::PciAddr;
+use crate::common::kubevirt::{
     GPU_81, HBM_BYTES, SidecarProcess, connect, corpus_node, find_socket, hbm_hook, info, vmi_json, write_node,
 };
-use support::{corpus, hbm_chain};
+use crate::common::{corpus, hbm_chain};
 
 fn run(program: &Path, args: &[&str]) -> Output {
     Command::new(program)

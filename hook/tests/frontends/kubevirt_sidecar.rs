@@ -4,14 +4,12 @@
 //! OnDefineDomain, discovery running on a fixture node whose GPUs are the corpus' hostdevs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-use support::domain_xml::PciAddr;
-use support::kubevirt::{
+use crate::common::domain_xml::PciAddr;
+use crate::common::kubevirt::{
     GPU_41, GPU_81, HBM_BYTES, SidecarProcess, connect, corpus_node, find_socket, info, newest_version,
     on_define_domain, vmi_json, write_node,
 };
-use support::{corpus, hbm_chain, libvirt};
+use crate::common::{corpus, hbm_chain, libvirt};
 
 const POLICY: &str = "hbm-passthrough.dev/policy";
 const DIALECT: &str = "hbm-passthrough.dev/dialect";

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use topology::{Gpu, Health, Inventory, Memmap, NumaNode, PciAddress, Region, Source};
+use topology::{Gpu, Inventory, NumaNode, PciAddress, Region, Source};
 
 pub const MIB: u64 = 1024 * 1024;
 pub const GIB: u64 = 1024 * MIB;
@@ -54,19 +54,8 @@ pub fn hbm_inventory(specs: &[HbmSpec]) -> Inventory {
             peer_group: None,
         });
         inv.regions.push(Region {
-            id: format!("{address}/node{}", s.host_node),
-            gpu: address,
-            host_node: Some(s.host_node),
-            size_bytes: s.size_bytes,
             source: Source::Config,
-            memmap: Memmap::Spm,
-            dax: None,
-            dax_align: None,
-            base: None,
-            online: true,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..topology::fixture::region(address, s.host_node, s.size_bytes)
         });
     }
     inv.gpus.sort_by_key(|g| g.address);

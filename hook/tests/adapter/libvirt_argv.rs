@@ -5,15 +5,13 @@
 //! backing on a regular shared-memory file) and reject `memmap-type`, which it does not speak.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use hbm_hook::adapter::transform;
-use hbm_hook::probe::Capabilities;
+use crate::common::libvirt::{domxml_to_native, require_libvirt};
+use hbm_hook::qemu::probe::Capabilities;
+use hbm_hook::qemu::transform::transform;
 use hbm_rewrite::instructions::parse;
-use support::libvirt::{domxml_to_native, require_libvirt};
 
 const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
@@ -283,16 +281,17 @@ struct Tally {
 /// a corpus that stopped converting cannot pass silently.
 #[test]
 fn every_cell_of_the_libvirt_corpus() {
-    use hbm_hook::adapter::{AdapterError, parse_size};
+    use hbm_hook::qemu::argv::parse_qemu_size;
+    use hbm_hook::qemu::transform::AdapterError;
     use hbm_rewrite::instructions::{Instruction, MemmapType};
     require_libvirt();
     let mut tally = Tally::default();
     for name in CORPUS_WITH_CELLS {
-        let file = support::corpus::file(name);
+        let file = crate::common::corpus::file(name);
         let native = domxml_to_native(&file.text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let argv = native.args.clone();
         let m = argv[position(&argv, "-m") + 1].replace("size=", "");
-        let ram = parse_size(m.split(',').next().unwrap(), 1 << 20).unwrap();
+        let ram = parse_qemu_size(m.split(',').next().unwrap(), 1 << 20).unwrap();
         for node in native.options("-numa").into_iter().filter(|o| o.kind == "node") {
             tally.cells += 1;
             let cell: u32 = node.get("nodeid").unwrap().parse().unwrap();
@@ -343,7 +342,7 @@ fn every_cell_of_the_libvirt_corpus() {
                             assert_eq!(a, b, "{name} cell {cell}: only the backend changes");
                         }
                     }
-                    let new = support::libvirt::QemuOption::parse(&out[object_at]).unwrap();
+                    let new = crate::common::libvirt::QemuOption::parse(&out[object_at]).unwrap();
                     assert_eq!(new.kind, "memory-backend-file");
                     assert_eq!((new.get("id"), new.get("size")), (Some(memdev), backend.get("size")));
                     assert_eq!(
@@ -367,7 +366,7 @@ fn every_cell_of_the_libvirt_corpus() {
                     assert!(!out[at].contains("memdev="), "{name}: {}", out[at]);
                     let m = &out[position(&out, "-m") + 1];
                     let new_size =
-                        parse_size(m.split(',').next().unwrap().trim_start_matches("size="), 1 << 20).unwrap();
+                        parse_qemu_size(m.split(',').next().unwrap().trim_start_matches("size="), 1 << 20).unwrap();
                     assert_eq!(new_size, ram - size, "{name}: {m}");
                     tally.sp_mem_ok += 1;
                 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hbm-hook");
 const SAMPLE: &str = "../examples/domains/gpu-vm.xml";
-const GOLDEN: &str = include_str!("../../examples/domains/gpu-vm.rewritten.xml");
+const GOLDEN: &str = include_str!("../../../examples/domains/gpu-vm.rewritten.xml");
 const HOST: &str = "../examples/hosts/seed-amd";
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {

@@ -348,3 +348,27 @@ fn a_kubevirt_node_without_qemu_and_libvirt_only_warns() {
     }
     assert_eq!(v["ok"], true);
 }
+
+#[test]
+fn without_sysfs_root_the_configs_sysfs_root_is_inspected() {
+    let d = Doctor::new();
+    let nowhere = d.dir.path().join("configured-nowhere");
+    let config = d.dir.path().join("rooted.yaml");
+    std::fs::write(&config, format!("sysfs_root: {}\n", nowhere.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbm-hook"))
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .arg("--probe-cache-dir")
+        .arg(d.dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "hbm-hook doctor: sysfs root {} is unusable",
+            nowhere.display()
+        )),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hbm_hook::probe::{self, Capabilities, PROBE_TIMEOUT, ProbeError};
+use hbm_hook::qemu::probe::{self, Capabilities, PROBE_TIMEOUT, ProbeError};
 
 const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 

@@ -14,14 +14,12 @@
 //! `kernel-cmdline` in a booted guest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::common::corpus::{CorpusFile, domain_files};
+use crate::common::domain_xml::{DomainFacts, facts, with_vfio_drivers, without_elements};
+use crate::common::hbm_chain;
+use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
+use crate::common::libvirt::{check_daemon, domxml_to_native, require_libvirt, validate};
 use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
-use support::corpus::{CorpusFile, domain_files};
-use support::domain_xml::{DomainFacts, facts, with_vfio_drivers, without_elements};
-use support::hbm_chain;
-use support::inventory::{HbmSpec, MIB, hbm_inventory};
-use support::libvirt::{check_daemon, domxml_to_native, require_libvirt, validate};
 
 /// libvirt 9.0's libvirtd segfaults on `domxml-to-native` of this file ("Unexpected enum value
 /// ... for virDomainDeviceAddressType", `<interface type='hostdev'>`): never fed to libvirtd. It
@@ -193,7 +191,7 @@ fn corpus_without_pci_hostdev_comes_back_byte_identical() {
 fn corpus_i440fx_with_pci_hostdev_is_refused_clearly() {
     let mut failures = Vec::new();
     for name in I440FX_WITH_PCI_HOSTDEV {
-        let f = support::corpus::file(name);
+        let f = crate::common::corpus::file(name);
         let Kind::I440fxWithPciHostdev(d) = classify(&f) else {
             panic!("{name} is not i440fx + PCI hostdev")
         };
@@ -224,7 +222,7 @@ fn corpus_q35_with_pci_hostdev_rewritten_libvirt_accepts() {
             !KNOWN_LIBVIRTD_CRASHERS.contains(name),
             "{name} crashes libvirtd 9.0: never feed it to domxml-to-native"
         );
-        let f = support::corpus::file(name);
+        let f = crate::common::corpus::file(name);
         let Kind::Q35WithPciHostdev = classify(&f) else {
             panic!("{name} is not q35 + PCI hostdev")
         };
@@ -363,5 +361,5 @@ fn harness_names_the_fix_when_libvirtd_does_not_answer() {
         "{e}"
     );
     assert!(!e.contains('\n'), "one line: {e}");
-    check_daemon(support::libvirt::URI).unwrap();
+    check_daemon(crate::common::libvirt::URI).unwrap();
 }

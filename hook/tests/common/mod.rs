@@ -1,5 +1,5 @@
-//! Shared helpers for the real-component tests (libvirt, QEMU, booted guests). Each integration
-//! test file pulls them in with `mod support;`; not every file uses every helper.
+//! Shared helpers of the hook test binaries (frontends, adapter, real_components): fixtures,
+//! libvirt, QEMU and booted guests. Each binary declares `mod common;`; not every binary uses every helper.
 #![allow(dead_code)]
 
 pub mod corpus;

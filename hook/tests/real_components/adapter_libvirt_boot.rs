@@ -5,13 +5,11 @@
 //! /dev/daxX.Y); a dialect the real QEMU lacks is refused with the adapter's line in virsh's error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::guest::{DirectBootDomain, GuestReport};
-use support::libvirt::{Domain, read_console_log, require_libvirt, unique_name};
+use crate::common::guest::{DirectBootDomain, GuestReport};
+use crate::common::libvirt::{Domain, read_console_log, require_libvirt, unique_name};
 
 const MIB: u64 = 1 << 20;
 
@@ -51,13 +49,15 @@ fn boot(xml: &str, console: &Path) -> (Domain, String, GuestReport) {
     domain
         .start()
         .unwrap_or_else(|e| panic!("{e}\n--- qemu log ---\n{}", domain.qemu_log()));
-    domain.wait_shut_off(support::guest::BOOT_BOUND).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n--- console ---\n{}\n--- qemu log ---\n{}",
-            read_console_log(console),
-            domain.qemu_log()
-        )
-    });
+    domain
+        .wait_shut_off(crate::common::guest::BOOT_BOUND)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- console ---\n{}\n--- qemu log ---\n{}",
+                read_console_log(console),
+                domain.qemu_log()
+            )
+        });
     // virtlogd may still be flushing QEMU's last lines.
     std::thread::sleep(Duration::from_millis(200));
     let log = domain.qemu_log();
@@ -92,9 +92,9 @@ fn assert_two_node_guest(report: &GuestReport, log: &str) {
 /// Initiator and no usable memory, its range soft reserved, the stand-in's `numa_node` on it.
 #[test]
 fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
+    use crate::common::domain_xml::{StandIn, with_stand_in};
+    use crate::common::inventory::{HbmSpec, hbm_inventory};
     use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
-    use support::domain_xml::{StandIn, with_stand_in};
-    use support::inventory::{HbmSpec, hbm_inventory};
 
     require_libvirt();
     let dir = tempfile::tempdir().unwrap();

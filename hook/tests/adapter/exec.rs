@@ -317,7 +317,7 @@ fn settings_come_from_the_config_file_when_not_in_the_environment() {
     let (_, program, args) = run.recorded().unwrap();
     assert_eq!(program, Run::stand_in().display().to_string());
     assert_eq!(args[10], "node,nodeid=0,cpus=0-1,memdev=ram-node0,memmap-type=normal");
-    assert!(hbm_hook::probe::cache_file(&cache, &Run::stand_in()).is_file());
+    assert!(hbm_hook::qemu::probe::cache_file(&cache, &Run::stand_in()).is_file());
 
     std::fs::remove_file(run.record()).unwrap();
     let broken = run.dir.path().join("broken.yaml");

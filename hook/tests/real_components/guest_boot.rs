@@ -2,14 +2,12 @@
 //! be able to walk `GPU -> numa_node -> SRAT -> soft-reserved HBM range`. See docs/testing.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::common::domain_xml::{PciAddr, StandIn, with_stand_in};
+use crate::common::guest::{self, DirectBootDomain, soft_reserved_params};
+use crate::common::hbm_chain;
+use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
+use crate::common::libvirt::{require_libvirt, unique_name};
 use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
-use support::domain_xml::{PciAddr, StandIn, with_stand_in};
-use support::guest::{self, DirectBootDomain, soft_reserved_params};
-use support::hbm_chain;
-use support::inventory::{HbmSpec, MIB, hbm_inventory};
-use support::libvirt::{require_libvirt, unique_name};
 
 /// The harness against a hand-written domain (reference guest-chain.md, run 6): CPU-less cell 1
 /// made soft reserved by `memmap=`, pcie-expander-bus naming it, root port, a stand-in device with
@@ -55,7 +53,7 @@ fn harness_boots_hand_written_spm_domain() {
 "
     .to_string();
     let xml = d.to_xml();
-    let v = support::libvirt::validate(&xml);
+    let v = crate::common::libvirt::validate(&xml);
     assert!(v.valid, "hand-written domain must validate: {}", v.output);
 
     let r = guest::boot(&xml, &log).unwrap_or_else(|e| panic!("{e}"));
@@ -140,7 +138,7 @@ fn boot_rewritten(label: &str, gpus: &[Gpu]) {
     d.devices = gpus.iter().map(hostdev_xml).collect();
     let base = d.to_xml();
     assert!(
-        support::libvirt::validate(&base).valid,
+        crate::common::libvirt::validate(&base).valid,
         "base definition must validate:\n{base}"
     );
 
@@ -153,7 +151,7 @@ fn boot_rewritten(label: &str, gpus: &[Gpu]) {
     hbm_chain::check_domain(&out.xml).unwrap_or_else(|e| panic!("{e}\n{}", out.xml));
 
     // What the rewriter decided, read back from its output.
-    let cmdline = support::domain_xml::parse(&out.xml)
+    let cmdline = crate::common::domain_xml::parse(&out.xml)
         .unwrap()
         .at(&["os", "cmdline"])
         .unwrap()
@@ -164,7 +162,7 @@ fn boot_rewritten(label: &str, gpus: &[Gpu]) {
     let mut chains = Vec::new();
     let mut boot_xml = out.xml.clone();
     for (i, g) in gpus.iter().enumerate() {
-        let host = support::domain_xml::facts(&base).unwrap().pci_hostdevs[i].host;
+        let host = crate::common::domain_xml::facts(&base).unwrap().pci_hostdevs[i].host;
         let chain = hbm_chain::read(&out.xml, host).unwrap_or_else(|e| panic!("{e}\n{}", out.xml));
         assert!(
             chain.generic_initiator_arg,
@@ -195,7 +193,7 @@ fn boot_rewritten(label: &str, gpus: &[Gpu]) {
         ranges.push(*p);
         expected_start += g.hbm_bytes;
     }
-    let v = support::libvirt::validate(&boot_xml);
+    let v = crate::common::libvirt::validate(&boot_xml);
     assert!(
         v.valid,
         "rewritten definition with stand-ins must validate: {}\n{boot_xml}",

@@ -6,18 +6,16 @@
 //! replaced by a shared-memory file) and refuses memmap-type, which it does not speak.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use hbm_hook::adapter::transform;
-use hbm_hook::probe::Capabilities;
+use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
+use crate::common::libvirt::{domxml_to_native, require_libvirt};
+use hbm_hook::qemu::probe::Capabilities;
+use hbm_hook::qemu::transform::transform;
 use hbm_rewrite::instructions::{self, Instruction, MemmapType};
 use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
-use support::inventory::{HbmSpec, MIB, hbm_inventory};
-use support::libvirt::{domxml_to_native, require_libvirt};
 
 const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const GPU: &str = "0000:c1:00.0";

@@ -12,14 +12,14 @@
 //! by another SIGHUP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::guest::kit;
-use support::libvirt::{Domain, require_libvirt, text, unique_name, virsh};
-use support::libvirt_hook::{REGION, bootable, claim_file, config_yaml, domain_xml, inventory, read_claim, write_host};
+use crate::common::guest::kit;
+use crate::common::libvirt::{Domain, require_libvirt, text, unique_name, virsh};
+use crate::common::libvirt_hook::{
+    REGION, bootable, claim_file, config_yaml, domain_xml, inventory, read_claim, write_host,
+};
 
 const HOOK_PATH: &str = "/etc/libvirt/hooks/qemu.d/hbm-passthrough";
 const CONFIG_PATH: &str = "/etc/hbm-passthrough/hook.yaml";

@@ -3,13 +3,11 @@
 //! refusals and bad input. The real-libvirtd run is `libvirt_hook_real.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::Path;
 use std::process::Output;
 
-use support::kubevirt::hbm_hook;
-use support::libvirt_hook::{
+use crate::common::kubevirt::hbm_hook;
+use crate::common::libvirt_hook::{
     GPU, REGION, claim_file, config_yaml, domain_xml, inventory, read_claim, run_hook, write_host,
 };
 
@@ -138,7 +136,7 @@ fn prepare_refuses_regions_this_host_cannot_give() {
     let other = tempfile::tempdir().unwrap();
     topology::fixture::FixtureHost::new()
         .cpu_node(0, "0-3", 8 << 30)
-        .hbm_node(2, support::libvirt_hook::HBM_BYTES, true, true)
+        .hbm_node(2, crate::common::libvirt_hook::HBM_BYTES, true, true)
         .generic_initiator(2)
         .distance(0, 2, 20)
         .gpu(GPU, 0x1002, 0x74a1, Some("vfio-pci"), Some(21), Some(2))
@@ -204,7 +202,7 @@ fn migrate_and_restore_rewrite_for_this_host_and_print_nothing_when_unchanged() 
     let dest = tempfile::tempdir().unwrap();
     topology::fixture::FixtureHost::new()
         .cpu_node(0, "0-3", 8 << 30)
-        .hbm_node(2, support::libvirt_hook::HBM_BYTES, true, true)
+        .hbm_node(2, crate::common::libvirt_hook::HBM_BYTES, true, true)
         .generic_initiator(2)
         .distance(0, 2, 20)
         .gpu(GPU, 0x1002, 0x74a1, Some("vfio-pci"), Some(21), Some(2))
@@ -216,7 +214,7 @@ fn migrate_and_restore_rewrite_for_this_host_and_print_nothing_when_unchanged() 
         let out = s.hook(["hook-migrate", op, "begin", "-"], a.as_bytes());
         assert_eq!(out.status.code(), Some(0), "{op}: {}", stderr(&out));
         let xml = String::from_utf8(out.stdout).unwrap();
-        let chain = support::hbm_chain::read(&xml, support::domain_xml::PciAddr::parse_host(GPU).unwrap())
+        let chain = crate::common::hbm_chain::read(&xml, crate::common::domain_xml::PciAddr::parse_host(GPU).unwrap())
             .unwrap_or_else(|e| panic!("{op}: {e}\n{xml}"));
         assert_eq!(chain.memnode, Some(("strict".to_string(), "2".to_string())), "{op}");
         let meta = hbm_rewrite::read_metadata(&xml).unwrap().unwrap();
@@ -254,7 +252,7 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
     );
     assert!(!s.claims().exists());
     // The malformed corpus definition at migrate: exit 2, nothing on stdout.
-    let bad = support::corpus::file("kubevirt/api-domain_numa_topology.xml");
+    let bad = crate::common::corpus::file("kubevirt/api-domain_numa_topology.xml");
     let out = s.hook(["vm", "migrate", "begin", "-"], bad.text.as_bytes());
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
