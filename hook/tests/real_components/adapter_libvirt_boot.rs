@@ -88,7 +88,7 @@ fn assert_two_node_guest(report: &GuestReport, log: &str) {
 /// The rewriter's guest-boot domain (one GPU with 512 MiB of HBM, kernel-cmdline dialect, the GPU
 /// swapped for a virtio-rng stand-in at its guest address), booted with `<emulator>` = the adapter:
 /// no instructions, so the argv passes through untouched, and the guest sees what it sees with the
-/// real QEMU as emulator (hook/tests/guest_boot.rs): an online CPU-less HBM node with a Generic
+/// real QEMU as emulator (hook/tests/real_components/guest_boot.rs): an online CPU-less HBM node with a Generic
 /// Initiator and no usable memory, its range soft reserved, the stand-in's `numa_node` on it.
 #[test]
 fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
