@@ -228,44 +228,10 @@ impl Sidecar {
     /// Checks `socket_dir`, removes a stale `<name>.sock` left by a previous run (refusing when a
     /// live server answers on it, or when the path is not a socket) and binds the socket.
     pub async fn bind(socket_dir: &Path, settings: SidecarSettings) -> Result<Self, SidecarError> {
-        let name_ok = !settings.name.is_empty()
-            && !settings.name.starts_with('.')
-            && settings
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !name_ok {
-            return Err(SidecarError::BadName(settings.name));
-        }
-        match std::fs::metadata(socket_dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(SidecarError::SocketDirNotDir(socket_dir.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SidecarError::SocketDirMissing(socket_dir.to_path_buf()));
-            }
-            Err(source) => {
-                return Err(SidecarError::Io {
-                    path: socket_dir.to_path_buf(),
-                    source,
-                });
-            }
-        }
+        check_name(&settings.name)?;
+        check_socket_dir(socket_dir)?;
         let socket = socket_dir.join(format!("{}.sock", settings.name));
-        match std::fs::symlink_metadata(&socket) {
-            Ok(m) if m.file_type().is_socket() => {
-                if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-                    return Err(SidecarError::InUse(socket));
-                }
-                tracing::info!(socket = %socket.display(), "removing stale socket from a previous run");
-                std::fs::remove_file(&socket).map_err(|source| SidecarError::Io {
-                    path: socket.clone(),
-                    source,
-                })?;
-            }
-            Ok(_) => return Err(SidecarError::NotASocket(socket)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(SidecarError::Io { path: socket, source }),
-        }
+        remove_stale_socket(&socket).await?;
         let listener = UnixListener::bind(&socket).map_err(|source| match source.kind() {
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => SidecarError::SocketDirNotWritable {
                 dir: socket_dir.to_path_buf(),
@@ -321,6 +287,54 @@ impl Sidecar {
         }
         tracing::info!(socket = %socket.display(), "KubeVirt hook sidecar stopped");
         result.map_err(SidecarError::from)
+    }
+}
+
+/// A sidecar name is a socket file's stem: letters, digits, `-`, `_`, `.`, not starting with `.`.
+fn check_name(name: &str) -> Result<(), SidecarError> {
+    let name_ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if name_ok {
+        Ok(())
+    } else {
+        Err(SidecarError::BadName(name.to_string()))
+    }
+}
+
+/// The socket directory exists and is a directory.
+fn check_socket_dir(socket_dir: &Path) -> Result<(), SidecarError> {
+    match std::fs::metadata(socket_dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SidecarError::SocketDirNotDir(socket_dir.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SidecarError::SocketDirMissing(socket_dir.to_path_buf())),
+        Err(source) => Err(SidecarError::Io {
+            path: socket_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Removes a socket left by a previous run; refuses when a live server answers on it or when the
+/// path is not a socket.
+async fn remove_stale_socket(socket: &Path) -> Result<(), SidecarError> {
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                return Err(SidecarError::InUse(socket.to_path_buf()));
+            }
+            tracing::info!(socket = %socket.display(), "removing stale socket from a previous run");
+            std::fs::remove_file(socket).map_err(|source| SidecarError::Io {
+                path: socket.to_path_buf(),
+                source,
+            })
+        }
+        Ok(_) => Err(SidecarError::NotASocket(socket.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SidecarError::Io {
+            path: socket.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -147,34 +147,69 @@ impl ClaimStore {
     ) -> Result<ClaimOutcome, ClaimError> {
         check_domain_name(domain)?;
         let _lock = self.lock()?;
-        let mut outcome = ClaimOutcome::default();
-        let mut stale: Vec<(Claim, String)> = Vec::new();
+        let stale = self.stale_claims(uuid, regions, now_unix)?;
+        let claimed = self.write_claims(domain, uuid, regions, &stale, now_unix)?;
+        let mut outcome = ClaimOutcome {
+            claimed,
+            taken_over: Vec::new(),
+        };
+        for (existing, why) in stale {
+            tracing::warn!(
+                region = %existing.region,
+                stale_domain = %existing.domain,
+                stale_uuid = %existing.uuid,
+                why = %why,
+                domain = %domain,
+                "took over stale HBM claim"
+            );
+            outcome.taken_over.push(existing);
+        }
+        Ok(outcome)
+    }
+
+    /// The claims on `regions` held by other domains that are gone (with why), or the error
+    /// naming the first one held by a running or starting domain.
+    fn stale_claims(&self, uuid: &str, regions: &[String], now_unix: u64) -> Result<Vec<(Claim, String)>, ClaimError> {
+        let mut stale = Vec::new();
         for region in regions {
-            let path = self.claim_path(region);
-            if let Some(existing) = read_claim(&path)? {
-                if existing.uuid == uuid {
-                    continue;
+            let Some(existing) = read_claim(&self.claim_path(region))? else {
+                continue;
+            };
+            if existing.uuid == uuid {
+                continue;
+            }
+            match self.holder_state(&existing, now_unix) {
+                HolderState::Running => {
+                    return Err(ClaimError::Held {
+                        region: region.clone(),
+                        holder_domain: existing.domain,
+                        holder_uuid: existing.uuid,
+                    });
                 }
-                match self.holder_state(&existing, now_unix) {
-                    HolderState::Running => {
-                        return Err(ClaimError::Held {
-                            region: region.clone(),
-                            holder_domain: existing.domain,
-                            holder_uuid: existing.uuid,
-                        });
-                    }
-                    HolderState::Starting { age_secs } => {
-                        return Err(ClaimError::Starting {
-                            region: region.clone(),
-                            holder_domain: existing.domain,
-                            holder_uuid: existing.uuid,
-                            age_secs,
-                        });
-                    }
-                    HolderState::Gone { why } => stale.push((existing, why)),
+                HolderState::Starting { age_secs } => {
+                    return Err(ClaimError::Starting {
+                        region: region.clone(),
+                        holder_domain: existing.domain,
+                        holder_uuid: existing.uuid,
+                        age_secs,
+                    });
                 }
+                HolderState::Gone { why } => stale.push((existing, why)),
             }
         }
+        Ok(stale)
+    }
+
+    /// Writes one claim per region; on a failure removes what this call wrote (the claims it
+    /// replaced were stale). Returns the regions claimed.
+    fn write_claims(
+        &self,
+        domain: &str,
+        uuid: &str,
+        regions: &[String],
+        stale: &[(Claim, String)],
+        now_unix: u64,
+    ) -> Result<Vec<String>, ClaimError> {
         let mut written: Vec<PathBuf> = Vec::new();
         for region in regions {
             let claim = Claim {
@@ -189,27 +224,14 @@ impl ClaimStore {
             };
             let path = self.claim_path(region);
             if let Err(e) = write_claim(&path, &claim) {
-                // All or nothing: drop what this call wrote (claims it replaced were stale).
                 for p in &written {
                     let _ = fs::remove_file(p);
                 }
                 return Err(e);
             }
             written.push(path);
-            outcome.claimed.push(region.clone());
         }
-        for (existing, why) in stale {
-            tracing::warn!(
-                region = %existing.region,
-                stale_domain = %existing.domain,
-                stale_uuid = %existing.uuid,
-                why = %why,
-                domain = %domain,
-                "took over stale HBM claim"
-            );
-            outcome.taken_over.push(existing);
-        }
-        Ok(outcome)
+        Ok(regions.to_vec())
     }
 
     /// Drops every claim held by `uuid`; returns the regions released.

@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,31 @@ pub fn capabilities_from_qmp(
 pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeError> {
     let name = binary.display().to_string();
     let started = Instant::now();
+    let (mut child, stdin, stdout, stderr) = spawn_qmp(binary, &name)?;
+    ask(stdin);
+    let answers_rx = read_answers(stdout);
+    let stderr_rx = read_stderr(stderr);
+    let answers = answers_rx.recv_timeout(timeout.saturating_sub(started.elapsed()));
+    let Ok((greeting, schema, types)) = answers else {
+        kill_and_reap(&mut child);
+        return Err(ProbeError::Timeout {
+            binary: name,
+            seconds: timeout.as_secs(),
+        });
+    };
+    let (Some(greeting), Some(schema), Some(types)) = (greeting, schema, types) else {
+        kill_and_reap(&mut child);
+        let stderr = stderr_rx.recv_timeout(Duration::from_millis(500)).unwrap_or_default();
+        let stderr = stderr.lines().last().unwrap_or("no output").to_string();
+        return Err(ProbeError::Exited { binary: name, stderr });
+    };
+    // It was asked to quit; give it the rest of the bound, then make sure.
+    wait_until(&mut child, started + timeout);
+    capabilities_from_qmp(&name, &greeting, &schema, &types)
+}
+
+/// `<binary> -machine none -qmp stdio ...` with its three stdio pipes.
+fn spawn_qmp(binary: &Path, name: &str) -> Result<(Child, ChildStdin, ChildStdout, ChildStderr), ProbeError> {
     let mut child = Command::new(binary)
         .args(["-machine", "none", "-qmp", "stdio", "-nodefaults", "-display", "none"])
         .env_remove(hbm_rewrite::instructions::ENV_VAR)
@@ -137,19 +162,23 @@ pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeErro
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| ProbeError::Spawn {
-            binary: name.clone(),
+            binary: name.to_string(),
             why: e.to_string(),
         })?;
-    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(ProbeError::Spawn {
-            binary: name,
-            why: "no stdio pipes".into(),
-        });
-    };
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Ok((child, stdin, stdout, stderr)),
+        _ => {
+            kill_and_reap(&mut child);
+            Err(ProbeError::Spawn {
+                binary: name.to_string(),
+                why: "no stdio pipes".into(),
+            })
+        }
+    }
+}
+
+/// Sends every question at once and closes stdin.
+fn ask(mut stdin: ChildStdin) {
     // QMP answers pipelined commands in order; `id` ties each answer to its question.
     let questions = concat!(
         r#"{"execute":"qmp_capabilities","id":"caps"}"#,
@@ -161,10 +190,14 @@ pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeErro
         r#"{"execute":"quit","id":"quit"}"#,
         "\n"
     );
-    // A QEMU that died at once makes this fail with EPIPE; the reader below reports why.
+    // A QEMU that died at once makes this fail with EPIPE; the reader reports why.
     let _ = stdin.write_all(questions.as_bytes());
-    drop(stdin);
+}
 
+/// The greeting, the schema and the type list, as they arrive (a thread reads stdout).
+type Answers = (Option<Value>, Option<Value>, Option<Value>);
+
+fn read_answers(stdout: ChildStdout) -> mpsc::Receiver<Answers> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut greeting = None;
@@ -188,47 +221,37 @@ pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeErro
         }
         let _ = tx.send((greeting, schema, types));
     });
-    let (stderr_tx, stderr_rx) = mpsc::channel();
+    rx
+}
+
+/// Everything the binary writes on stderr (a thread reads it), for the error when it exits early.
+fn read_stderr(mut stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
-        let _ = stderr_tx.send(text);
+        let _ = tx.send(text);
     });
+    rx
+}
 
-    let answers = rx.recv_timeout(timeout.saturating_sub(started.elapsed()));
-    let kill_and_reap = |child: &mut std::process::Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-    let (greeting, schema, types) = match answers {
-        Ok(answers) => answers,
-        Err(_) => {
-            kill_and_reap(&mut child);
-            return Err(ProbeError::Timeout {
-                binary: name,
-                seconds: timeout.as_secs(),
-            });
-        }
-    };
-    let (Some(greeting), Some(schema), Some(types)) = (greeting, schema, types) else {
-        kill_and_reap(&mut child);
-        let stderr = stderr_rx.recv_timeout(Duration::from_millis(500)).unwrap_or_default();
-        let stderr = stderr.lines().last().unwrap_or("no output").to_string();
-        return Err(ProbeError::Exited { binary: name, stderr });
-    };
-    // It was asked to quit; give it the rest of the bound, then make sure.
-    let deadline = started + timeout;
+/// Waits for the child to exit until `deadline`, then kills it.
+fn wait_until(child: &mut Child, deadline: Instant) {
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
-                kill_and_reap(&mut child);
+                kill_and_reap(child);
                 break;
             }
         }
     }
-    capabilities_from_qmp(&name, &greeting, &schema, &types)
+}
+
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// One cache file's content.
