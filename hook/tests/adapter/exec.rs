@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use crate::common::qemu::REAL_QEMU;
 
 /// key=value argv in libvirt's older form: cell 0 with CPUs (1 GiB), CPU-less cell 1 (512 MiB).
 const ARGV: &[&str] = &[

@@ -9,11 +9,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::common::libvirt::{domxml_to_native, require_libvirt};
-use hbm_hook::qemu::probe::Capabilities;
 use hbm_hook::qemu::transform::transform;
 use hbm_rewrite::instructions::parse;
 
-const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use crate::common::qemu::{REAL_QEMU, caps};
 
 /// q35, cell 0 with both vCPUs (1 GiB), CPU-less cell 1 (512 MiB) bound to host node 0.
 fn domain(memory_backing: &str) -> String {
@@ -33,16 +32,6 @@ fn domain(memory_backing: &str) -> String {
   <devices><emulator>{REAL_QEMU}</emulator><memballoon model='none'/></devices>
 </domain>"
     )
-}
-
-fn caps(memmap_type: bool, sp_mem: bool) -> Capabilities {
-    Capabilities {
-        binary: REAL_QEMU.into(),
-        version: "test".into(),
-        memmap_type,
-        sp_mem,
-        acpi_generic_initiator: true,
-    }
 }
 
 fn libvirt_argv(memory_backing: &str) -> Vec<String> {
@@ -166,14 +155,7 @@ fn real_qemu_accepts_the_transformed_memory_layouts() {
     .unwrap();
     real_qemu_accepts(&sp_mem).unwrap();
 
-    let shm = tempfile::Builder::new()
-        .prefix("hbm-dax-stand-in-")
-        .tempfile_in("/dev/shm")
-        .unwrap();
-    let wire = format!(
-        "v1;dax:cell=1,size=536870912,path={},align=2097152",
-        shm.path().display()
-    );
+    let (_shm, wire) = dax_stand_in();
     let dax = transform(&argv, &parse(&wire).unwrap(), &caps(false, false)).unwrap();
     real_qemu_accepts(&dax).unwrap();
 
@@ -228,14 +210,7 @@ fn real_qemu_accepts_the_transformed_keyval_form() {
     );
     real_qemu_accepts(&out).unwrap();
 
-    let shm = tempfile::Builder::new()
-        .prefix("hbm-dax-stand-in-")
-        .tempfile_in("/dev/shm")
-        .unwrap();
-    let wire = format!(
-        "v1;dax:cell=1,size=536870912,path={},align=2097152",
-        shm.path().display()
-    );
+    let (shm, wire) = dax_stand_in();
     let out = transform(&argv, &parse(&wire).unwrap(), &caps(false, false)).unwrap();
     assert_eq!(
         out[11],
@@ -390,4 +365,18 @@ fn every_cell_of_the_libvirt_corpus() {
             only_cell_refused: 5,
         }
     );
+}
+
+/// A file in /dev/shm standing in for a dax device, and the instructions backing cell 1 (512 MiB)
+/// with it.
+fn dax_stand_in() -> (tempfile::NamedTempFile, String) {
+    let shm = tempfile::Builder::new()
+        .prefix("hbm-dax-stand-in-")
+        .tempfile_in("/dev/shm")
+        .unwrap();
+    let wire = format!(
+        "v1;dax:cell=1,size=536870912,path={},align=2097152",
+        shm.path().display()
+    );
+    (shm, wire)
 }

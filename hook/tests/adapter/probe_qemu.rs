@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hbm_hook::qemu::probe::{self, Capabilities, PROBE_TIMEOUT, ProbeError};
 
-const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use crate::common::qemu::REAL_QEMU;
 
 fn stand_in() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stand-in-qemu")

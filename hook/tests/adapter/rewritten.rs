@@ -12,12 +12,11 @@ use std::process::{Command, Stdio};
 
 use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
 use crate::common::libvirt::{domxml_to_native, require_libvirt};
-use hbm_hook::qemu::probe::Capabilities;
 use hbm_hook::qemu::transform::transform;
 use hbm_rewrite::instructions::{self, Instruction, MemmapType};
 use hbm_rewrite::{Dialect, RewriteOptions, rewrite};
 
-const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use crate::common::qemu::{REAL_QEMU, caps};
 const GPU: &str = "0000:c1:00.0";
 const HBM: u64 = 512 * MIB;
 
@@ -37,16 +36,6 @@ fn input() -> String {
         assert!(x.contains(from), "gpu-vm.xml no longer has {from:?}");
         x.replacen(from, to, 1)
     })
-}
-
-fn caps(memmap_type: bool, sp_mem: bool) -> Capabilities {
-    Capabilities {
-        binary: REAL_QEMU.into(),
-        version: "test".into(),
-        memmap_type,
-        sp_mem,
-        acpi_generic_initiator: true,
-    }
 }
 
 /// Rewrites the GPU VM for `dialect` (the region held by /dev/dax0.0 when `dax`), gets libvirt's

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod kubevirt;
 pub mod libvirt;
 pub mod libvirt_hook;
+pub mod qemu;
 
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use topology::PciAddress;
 use topology::fixture;
 
-const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use crate::common::qemu::REAL_QEMU;
 
 struct Doctor {
     dir: tempfile::TempDir,

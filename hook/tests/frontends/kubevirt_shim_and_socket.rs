@@ -19,6 +19,13 @@ fn run(program: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
 
+/// `hbm-hook onDefineDomain --vmi VMI --domain DOMAIN FLAGS...`.
+fn on_define_domain(vmi: &str, domain: &str, flags: &[&str]) -> Output {
+    let mut args = vec!["onDefineDomain", "--vmi", vmi, "--domain", domain];
+    args.extend_from_slice(flags);
+    run(&hbm_hook(), &args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -31,18 +38,7 @@ fn shim_convention_prints_the_new_domain_xml() {
     let vmi = String::from_utf8(vmi_json("shim", &[("hbm-passthrough.dev/dialect", "none")])).unwrap();
     let exe = hbm_hook();
 
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            &vmi,
-            "--domain",
-            &gpu1.text,
-            "--sysfs-root",
-            root,
-        ],
-    );
+    let out = on_define_domain(&vmi, &gpu1.text, &["--sysfs-root", root]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let xml = String::from_utf8(out.stdout.clone()).unwrap();
     let chain = hbm_chain::read(&xml, PciAddr::parse_host(GPU_81).unwrap()).unwrap();
@@ -85,20 +81,8 @@ fn shim_convention_bad_input_and_required_failures_exit_with_one_line() {
     let node = write_node(&corpus_node());
     let root = node.path().to_str().unwrap();
     let gpu1 = corpus::file("kubevirt/gpu1.rendered.xml");
-    let exe = hbm_hook();
 
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            "not json",
-            "--domain",
-            &gpu1.text,
-            "--sysfs-root",
-            root,
-        ],
-    );
+    let out = on_define_domain("not json", &gpu1.text, &["--sysfs-root", root]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let err = stderr(&out);
@@ -109,18 +93,7 @@ fn shim_convention_bad_input_and_required_failures_exit_with_one_line() {
     );
 
     let odd = String::from_utf8(vmi_json("odd", &[("hbm-passthrough.dev/dialect", "spm-please")])).unwrap();
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            &odd,
-            "--domain",
-            &gpu1.text,
-            "--sysfs-root",
-            root,
-        ],
-    );
+    let out = on_define_domain(&odd, &gpu1.text, &["--sysfs-root", root]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("annotation hbm-passthrough.dev/dialect=\"spm-please\": unknown dialect"),
@@ -138,18 +111,7 @@ fn shim_convention_bad_input_and_required_failures_exit_with_one_line() {
         ],
     ))
     .unwrap();
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            &req,
-            "--domain",
-            &foreign,
-            "--sysfs-root",
-            root,
-        ],
-    );
+    let out = on_define_domain(&req, &foreign, &["--sysfs-root", root]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
     let err = stderr(&out);
@@ -160,18 +122,7 @@ fn shim_convention_bad_input_and_required_failures_exit_with_one_line() {
     );
 
     // required and the node's sysfs is not there: exit 3.
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            &req,
-            "--domain",
-            &gpu1.text,
-            "--sysfs-root",
-            "/nonexistent-root",
-        ],
-    );
+    let out = on_define_domain(&req, &gpu1.text, &["--sysfs-root", "/nonexistent-root"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("host discovery failed: sysfs root /nonexistent-root is unusable"),
@@ -182,18 +133,7 @@ fn shim_convention_bad_input_and_required_failures_exit_with_one_line() {
     // A bad config file: exit 2.
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), "rewrite:\n  policy: sometimes\n").unwrap();
-    let out = run(
-        &exe,
-        &[
-            "onDefineDomain",
-            "--vmi",
-            &req,
-            "--domain",
-            &gpu1.text,
-            "--config",
-            cfg.path().to_str().unwrap(),
-        ],
-    );
+    let out = on_define_domain(&req, &gpu1.text, &["--config", cfg.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("unknown policy"), "{}", stderr(&out));
 }
@@ -346,19 +286,10 @@ fn node_defaults_from_flags_apply_unless_the_vmi_annotations_choose() {
     let root = node.path().to_str().unwrap();
     let gpu1 = corpus::file("kubevirt/gpu1.rendered.xml");
     let bare = String::from_utf8(vmi_json("defaults", &[])).unwrap();
-    let exe = hbm_hook();
     let shim = |vmi: &str, extra: &[&str]| {
-        let mut args = vec![
-            "onDefineDomain",
-            "--vmi",
-            vmi,
-            "--domain",
-            &gpu1.text,
-            "--sysfs-root",
-            root,
-        ];
-        args.extend_from_slice(extra);
-        run(&exe, &args)
+        let mut flags = vec!["--sysfs-root", root];
+        flags.extend_from_slice(extra);
+        on_define_domain(vmi, &gpu1.text, &flags)
     };
 
     // The node default dialect `none` makes a disk-booted VMI without annotations get its HBM.

@@ -133,16 +133,7 @@ fn prepare_refuses_regions_this_host_cannot_give() {
     let a = with_uuid(&domain_xml("hook-missing", Path::new("/dev/null"), &inv), UUID_A);
 
     // Another host: same GPU, but its HBM sits on node 2.
-    let other = tempfile::tempdir().unwrap();
-    topology::fixture::FixtureHost::new()
-        .cpu_node(0, "0-3", 8 << 30)
-        .hbm_node(2, crate::common::libvirt_hook::HBM_BYTES, true, true)
-        .generic_initiator(2)
-        .distance(0, 2, 20)
-        .gpu(GPU, 0x1002, 0x74a1, Some("vfio-pci"), Some(21), Some(2))
-        .with_generated_srat()
-        .write_to(other.path())
-        .unwrap();
+    let other = host_with_hbm_on_node_2();
     std::fs::write(&s.config, config_yaml(other.path(), &s.claims(), 30)).unwrap();
     let out = s.hook(["hook-missing", "prepare", "begin", "-"], a.as_bytes());
     assert_eq!(out.status.code(), Some(1));
@@ -199,16 +190,7 @@ fn migrate_and_restore_rewrite_for_this_host_and_print_nothing_when_unchanged() 
     }
 
     // The destination has the GPU's HBM on host node 2: the definition is rewritten for it.
-    let dest = tempfile::tempdir().unwrap();
-    topology::fixture::FixtureHost::new()
-        .cpu_node(0, "0-3", 8 << 30)
-        .hbm_node(2, crate::common::libvirt_hook::HBM_BYTES, true, true)
-        .generic_initiator(2)
-        .distance(0, 2, 20)
-        .gpu(GPU, 0x1002, 0x74a1, Some("vfio-pci"), Some(21), Some(2))
-        .with_generated_srat()
-        .write_to(dest.path())
-        .unwrap();
+    let dest = host_with_hbm_on_node_2();
     std::fs::write(&s.config, config_yaml(dest.path(), &s.claims(), 30)).unwrap();
     for op in ["migrate", "restore"] {
         let out = s.hook(["hook-migrate", op, "begin", "-"], a.as_bytes());
@@ -339,4 +321,19 @@ fn concurrent_prepares_for_one_region_leave_exactly_one_holder() {
     assert_eq!(read_claim(&s.claims()).unwrap().domain, winners[0]);
     let files = std::fs::read_dir(s.claims()).unwrap().count();
     assert_eq!(files, 2, "one claim file and the lock, no temporaries");
+}
+
+/// Another host: the same GPU, its HBM on host node 2.
+fn host_with_hbm_on_node_2() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    topology::fixture::FixtureHost::new()
+        .cpu_node(0, "0-3", 8 << 30)
+        .hbm_node(2, crate::common::libvirt_hook::HBM_BYTES, true, true)
+        .generic_initiator(2)
+        .distance(0, 2, 20)
+        .gpu(GPU, 0x1002, 0x74a1, Some("vfio-pci"), Some(21), Some(2))
+        .with_generated_srat()
+        .write_to(root.path())
+        .unwrap();
+    root
 }
