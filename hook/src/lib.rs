@@ -2,7 +2,7 @@
 //! the GPU's `_PXM` naming it. The rewriter itself is the `hbm-rewrite` crate; this crate holds
 //! its front ends and the tools around them.
 //!
-//! Where to start: `main.rs` only parses the command line (and argv[0]) and dispatches to one
+//! Where to start: `main.rs` only parses the command line (and `argv[0]`) and dispatches to one
 //! front end's `cli` module. Each front end is a folder with a pure core and a thin `cli.rs`:
 //!
 //! - [`rewrite_cli`]: `hbm-hook rewrite`, a domain XML file in, the rewritten one out;

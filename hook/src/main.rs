@@ -1,5 +1,5 @@
 //! hbm-hook: parses the command line and dispatches to one front end (see the library's docs).
-//! argv[0] picks the front end first: `hbm-qemu*` is the QEMU adapter, `hbm-passthrough` the
+//! `argv[0]` picks the front end first: `hbm-qemu*` is the QEMU adapter, `hbm-passthrough` the
 //! libvirt qemu.d hook, `onDefineDomain` / `preCloudInitIso` KubeVirt's sidecar-shim commands.
 //!
 //! Exit codes of `discover`: 0 inventory printed, 2 unusable sysfs root or bad config.

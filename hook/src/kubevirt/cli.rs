@@ -25,9 +25,9 @@ use crate::config::{ConfigError, HookConfig};
 use crate::inventory::{self, InventoryArgs, InventoryError, InventorySource};
 use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
 
-/// argv[0] basename KubeVirt's sidecar shim runs for OnDefineDomain.
+/// `argv[0]` basename KubeVirt's sidecar shim runs for OnDefineDomain.
 pub const SHIM_ON_DEFINE_DOMAIN: &str = "onDefineDomain";
-/// argv[0] basename KubeVirt's sidecar shim runs for PreCloudInitIso.
+/// `argv[0]` basename KubeVirt's sidecar shim runs for PreCloudInitIso.
 pub const SHIM_PRE_CLOUD_INIT_ISO: &str = "preCloudInitIso";
 
 /// The node's defaults for VMIs that do not choose (their `hbm-passthrough.dev/` annotations
@@ -221,7 +221,7 @@ pub fn run_shim_cloud_init(args: &ShimCloudInitArgs) -> ExitCode {
     }
 }
 
-/// When the binary runs as `onDefineDomain` or `preCloudInitIso` (argv[0] basename, how KubeVirt's
+/// When the binary runs as `onDefineDomain` or `preCloudInitIso` (`argv[0]` basename, how KubeVirt's
 /// sidecar shim calls hooks), the argument list for the matching subcommand.
 pub fn shim_argv(argv: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsString>> {
     let argv0 = argv.first()?;

@@ -41,12 +41,12 @@ pub fn main(args: &[String], config_path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// Whether argv[0] names the hook (basename [`HOOK_NAME`]).
+/// Whether `argv[0]` names the hook (basename [`HOOK_NAME`]).
 pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
     Path::new(argv0).file_name().is_some_and(|n| n == HOOK_NAME)
 }
 
-/// Entry point when the binary runs under the hook's name (argv[0] basename [`HOOK_NAME`]).
+/// Entry point when the binary runs under the hook's name (`argv[0]` basename [`HOOK_NAME`]).
 /// Calls the hook ignores (most of them: it runs on every state change of every domain) return
 /// before `init_logging` runs, so they cost little more than the process start.
 pub fn main_from_argv(argv: &[OsString], init_logging: fn()) -> ExitCode {

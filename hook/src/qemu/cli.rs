@@ -49,7 +49,7 @@ pub struct QemuArgs {
     /// Config file [default: /etc/hbm-passthrough/hook.yaml when it exists].
     #[arg(long, env = CONFIG_ENV)]
     pub config: Option<PathBuf>,
-    /// How the adapter was invoked (argv[0]), for the log; `None` for the subcommand.
+    /// How the adapter was invoked (`argv[0]`), for the log; `None` for the subcommand.
     #[arg(skip)]
     pub invoked_as: Option<PathBuf>,
     /// QEMU's arguments, as libvirt would pass them.
@@ -118,7 +118,7 @@ pub fn invoked_as_adapter(argv0: &OsStr) -> bool {
 }
 
 /// Entry point when invoked as `hbm-qemu`: settings from the environment and the config file,
-/// everything after argv[0] is QEMU's. Returns only when QEMU was not exec'd.
+/// everything after `argv[0]` is QEMU's. Returns only when QEMU was not exec'd.
 pub fn main_as_emulator(args: Vec<OsString>) -> ExitCode {
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     run(QemuArgs {

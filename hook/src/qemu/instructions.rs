@@ -46,7 +46,7 @@ pub fn check_dax_devices(instructions: &[Instruction]) -> Result<(), DomainInput
     Ok(())
 }
 
-/// QEMU's arguments as text; argument numbers in errors count from 1 (argv[0] is the program).
+/// QEMU's arguments as text; argument numbers in errors count from 1 (`argv[0]` is the program).
 pub fn utf8_args(qemu_args: &[OsString]) -> Result<Vec<String>, DomainInputError> {
     qemu_args
         .iter()
