@@ -19,8 +19,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hbm_hook::adapter::transform;
-use hbm_hook::probe::{self, Capabilities};
+use hbm_hook::qemu::probe::{self, Capabilities};
+use hbm_hook::qemu::transform::transform;
 use hbm_rewrite::instructions::parse;
 
 const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";

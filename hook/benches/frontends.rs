@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hbm_hook::kubevirt::{Sidecar, SidecarSettings};
+use hbm_hook::kubevirt::sidecar::{Sidecar, SidecarSettings};
 use hbm_rewrite::RewriteOptions;
 use proto::kubevirt::hooks::v1alpha3;
 use topology::fixture::FixtureHost;
@@ -159,7 +159,7 @@ fn libvirt_hook(c: &mut Criterion) {
 
 fn claims(c: &mut Criterion) {
     c.bench_function("claims/encode_region_id", |b| {
-        b.iter(|| hbm_hook::claims::encode_region_id(std::hint::black_box("0000:c1:00.0/node2")))
+        b.iter(|| hbm_hook::libvirt::claims::encode_region_id(std::hint::black_box("0000:c1:00.0/node2")))
     });
 }
 

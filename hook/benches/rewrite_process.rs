@@ -9,26 +9,12 @@ use std::process::Command;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hbm_rewrite::pci_hostdevs;
-use topology::{Health, Inventory, Memmap, Region, Source};
+use topology::Inventory;
 
 fn inventory_for(xml: &str) -> Inventory {
     let mut inv = Inventory::empty("/");
     for gpu in pci_hostdevs(xml).unwrap_or_default() {
-        inv.regions.push(Region {
-            id: format!("{gpu}/node2"),
-            gpu,
-            host_node: Some(2),
-            size_bytes: 64 << 30,
-            source: Source::Srat,
-            memmap: Memmap::Spm,
-            dax: None,
-            dax_align: None,
-            base: None,
-            online: true,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
-        });
+        inv.regions.push(topology::fixture::region(gpu, 2, 64 << 30));
     }
     inv
 }

@@ -16,7 +16,7 @@
 //! claims:
 //!   dir: /run/hbm-passthrough/claims
 //!   startup_grace_secs: 30
-//! sysfs_root: /         # what the libvirt hook and the sidecar scan
+//! sysfs_root: /         # what every command scans unless --sysfs-root or --topology says otherwise
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub struct HookConfig {
     pub rewrite: RewriteSection,
     pub qemu: QemuSection,
     pub claims: ClaimsSection,
-    /// sysfs/procfs root the libvirt hook and the KubeVirt sidecar scan (default `/`; a fixture
+    /// sysfs/procfs root every command scans when no flag names one (default `/`; a fixture
     /// tree in tests).
     pub sysfs_root: Option<PathBuf>,
 }
@@ -112,7 +112,7 @@ impl Default for ClaimsSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/run/hbm-passthrough/claims"),
-            startup_grace_secs: crate::claims::DEFAULT_STARTUP_GRACE.as_secs(),
+            startup_grace_secs: crate::libvirt::claims::DEFAULT_STARTUP_GRACE.as_secs(),
         }
     }
 }

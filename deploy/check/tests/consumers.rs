@@ -160,11 +160,11 @@ fn libvirt_default_config_is_hbm_hooks_built_in_defaults() {
 #[derive(Parser, Debug)]
 struct SidecarCli {
     #[command(flatten)]
-    sidecar: hbm_hook::kubevirt_command::SidecarArgs,
+    sidecar: hbm_hook::kubevirt::cli::SidecarArgs,
 }
 
 /// The `hooks.kubevirt.io/hookSidecars` value the chart renders, parsed by hbm-hook's own flags.
-fn sidecar_args(values: Option<&str>) -> hbm_hook::kubevirt_command::SidecarArgs {
+fn sidecar_args(values: Option<&str>) -> hbm_hook::kubevirt::cli::SidecarArgs {
     let mut extra = Vec::new();
     if let Some(v) = values {
         extra.extend(["-f", v]);
