@@ -10,4 +10,5 @@ mod real_components {
     mod guest_boot;
     mod libvirt_corpus;
     mod libvirt_hook_real;
+    mod verify_guest;
 }

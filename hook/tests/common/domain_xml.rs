@@ -351,6 +351,10 @@ pub enum StandIn {
     VirtioRng,
     /// virtio-tablet-pci: vendor 0x1af4, device 0x1052 in the guest.
     VirtioTablet,
+    /// A libvirt `<video>` of model virtio: a display-class function (vendor 0x1af4, device
+    /// 0x1050; libvirt makes the domain's first video `virtio-vga`, class 0x030000, the others
+    /// `virtio-gpu-pci`, class 0x038000), so the guest counts it as a GPU.
+    VirtioGpu,
 }
 
 impl StandIn {
@@ -359,6 +363,7 @@ impl StandIn {
         match self {
             StandIn::VirtioRng => (0x1af4, 0x1044),
             StandIn::VirtioTablet => (0x1af4, 0x1052),
+            StandIn::VirtioGpu => (0x1af4, 0x1050),
         }
     }
 
@@ -369,6 +374,9 @@ impl StandIn {
             ),
             StandIn::VirtioTablet => {
                 format!("<input type='tablet' bus='virtio'><alias name='{alias}'/>{address}</input>")
+            }
+            StandIn::VirtioGpu => {
+                format!("<video><model type='virtio' heads='1'/><alias name='{alias}'/>{address}</video>")
             }
         }
     }

@@ -32,7 +32,8 @@ fn kit_dir() -> PathBuf {
     }
 }
 
-/// The guest kit, built by `scripts/guest-kit` when absent (needs apt network access as root).
+/// The guest kit, built by `scripts/guest-kit` when absent or of an older version (needs apt
+/// network access as root).
 pub fn kit() -> &'static Kit {
     static KIT: OnceLock<Result<Kit, String>> = OnceLock::new();
     let r = KIT.get_or_init(|| {
@@ -43,9 +44,8 @@ pub fn kit() -> &'static Kit {
             dir: dir.clone(),
         };
         let ready = |k: &Kit| k.vmlinuz.is_file() && k.initrd.is_file() && k.dir.join("kit.env").is_file();
-        if ready(&kit) {
-            return Ok(kit);
-        }
+        // Always asked: the script returns at once when the cached kit is of its KIT_VERSION and
+        // rebuilds an older one.
         let script = super::repo_root().join("scripts/guest-kit");
         let out = Command::new("bash")
             .arg(&script)
@@ -86,6 +86,8 @@ pub struct DirectBootDomain {
     pub devices: String,
     /// Placed last (`<qemu:commandline>`); the root declares the `qemu:` namespace.
     pub tail: String,
+    /// The initramfs to boot instead of the kit's (e.g. [`initrd_with_hbm_hook`]).
+    pub initrd: Option<PathBuf>,
 }
 
 impl DirectBootDomain {
@@ -100,6 +102,7 @@ impl DirectBootDomain {
             extra_top: String::new(),
             devices: String::new(),
             tail: String::new(),
+            initrd: None,
         }
     }
 
@@ -144,7 +147,7 @@ impl DirectBootDomain {
             mem = self.memory_mib,
             vcpus = self.vcpus,
             kernel = kit.vmlinuz.display(),
-            initrd = kit.initrd.display(),
+            initrd = self.initrd.as_deref().unwrap_or(&kit.initrd).display(),
             log = self.console_log.display(),
             extra_top = self.extra_top,
             devices = self.devices,
@@ -229,8 +232,93 @@ pub struct GuestReport {
     pub pci: Vec<GuestPci>,
     pub iomem: Vec<IomemEntry>,
     pub dmesg: Vec<String>,
+    /// What `hbm-hook verify-guest --json` printed, when the initramfs held it.
+    pub verify: Option<VerifyOutput>,
     /// The whole console log, for failure messages.
     pub console: String,
+}
+
+/// The guest-side check's output (between `HBM-VERIFY-BEGIN` and `-END`).
+#[derive(Clone, Debug)]
+pub struct VerifyOutput {
+    pub exit: i32,
+    pub report: serde_json::Value,
+}
+
+impl VerifyOutput {
+    /// The block after the report, `None` when the guest printed none.
+    fn parse(console: &str) -> Result<Option<Self>, String> {
+        let Some(begin) = console.find("HBM-VERIFY-BEGIN") else {
+            return Ok(None);
+        };
+        let body = &console[begin..];
+        let end = body.find("HBM-VERIFY-END").ok_or("verify-guest output cut short (no END marker)")?;
+        let mut json = String::new();
+        let mut exit = None;
+        for line in body[..end].lines().skip(1) {
+            let line = line.trim_end_matches('\r');
+            match line.strip_prefix("HBM-VERIFY-EXIT\t") {
+                Some(code) => exit = Some(code.trim().parse().map_err(|e| format!("exit status '{code}': {e}"))?),
+                None => {
+                    json.push_str(line);
+                    json.push('\n');
+                }
+            }
+        }
+        let report = serde_json::from_str(&json).map_err(|e| format!("verify-guest JSON: {e}\n{json}"))?;
+        Ok(Some(Self {
+            exit: exit.ok_or("verify-guest printed no exit status")?,
+            report,
+        }))
+    }
+}
+
+/// The static `hbm-hook` (`deploy/build-static.sh`, built once per test process: a release build,
+/// minutes on a cold cache).
+pub fn static_hbm_hook() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = super::repo_root().join("deploy/build-static.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            super::libvirt::text(&out)
+        );
+        let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+        super::repo_root().join(dir).join("hbm-hook")
+    })
+}
+
+/// The kit's initramfs with a second cpio archive appended holding the static `/bin/hbm-hook`
+/// (the kernel unpacks concatenated archives in order); the kit's `/init` then runs
+/// `hbm-hook verify-guest --json` after its report.
+pub fn initrd_with_hbm_hook() -> &'static Path {
+    static INITRD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = INITRD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(static_hbm_hook(), root.join("bin/hbm-hook")).unwrap_or_else(|e| panic!("copy hbm-hook: {e}"));
+        let extra = dir.path().join("hbm-hook.cpio.gz");
+        let script = format!(
+            "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1 > '{}'",
+            root.display(),
+            extra.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "cpio: {}", super::libvirt::text(&out));
+        let mut image = std::fs::read(&kit().initrd).unwrap_or_else(|e| panic!("kit initrd: {e}"));
+        image.extend(std::fs::read(&extra).unwrap_or_else(|e| panic!("{e}")));
+        let path = dir.path().join("initrd-with-hbm-hook.img");
+        std::fs::write(&path, image).unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    });
+    path
 }
 
 /// Parses a cpulist (`0-1,4`, empty = none).
@@ -266,6 +354,7 @@ impl GuestReport {
             .ok_or("the guest report is cut short (no END marker)")?;
         let body = &body[..end];
         let mut r = GuestReport {
+            verify: VerifyOutput::parse(console)?,
             console: console.to_string(),
             ..Default::default()
         };
