@@ -67,6 +67,21 @@ struct Served {
     watcher_status: Option<watch::Receiver<Option<Result<(), String>>>>,
 }
 
+impl Served {
+    /// A resource not served yet: the registration pass serves it right away.
+    fn new(service: ResourceService) -> Self {
+        Self {
+            service,
+            server: None,
+            registered: false,
+            registered_with: None,
+            backoff: Backoff { failures: 0 },
+            next_attempt: Instant::now(),
+            watcher_status: None,
+        }
+    }
+}
+
 /// The running plugin.
 pub struct Manager {
     settings: Settings,
@@ -390,7 +405,20 @@ impl Manager {
 
     /// Re-discovers, re-derives, re-measures; starts/stops servers and publishes changes.
     pub async fn refresh(&mut self) {
-        let inventory = match self.source.discover(&self.discovery) {
+        let inventory = self.discover_inventory();
+        let derived = resources::derive(&inventory, &self.rules);
+        self.note_problems(&derived.problems);
+        self.sync_servers(&derived.resources).await;
+        self.publish_snapshots(&derived.resources);
+        self.update_ready();
+        self.sync_labels(&derived.resources, &inventory).await;
+        self.inventory = Some(inventory);
+    }
+
+    /// A fresh inventory, or (discovery failing) the previous one; the error is logged once per
+    /// distinct message.
+    fn discover_inventory(&mut self) -> Inventory {
+        match self.source.discover(&self.discovery) {
             Ok(inventory) => {
                 if self.discovery_error.take().is_some() {
                     info!("discovery works again");
@@ -407,29 +435,38 @@ impl Manager {
                     None => Inventory::empty(self.settings.sysfs_root.to_string_lossy()),
                 }
             }
-        };
-        let derived = resources::derive(&inventory, &self.rules);
-        if derived.problems != self.problems {
-            for problem in &derived.problems {
-                warn!(%problem, "resource problem");
-            }
-            self.problems = derived.problems.clone();
-            self.metrics.resource_problems.set(self.problems.len() as i64);
         }
+    }
+
+    /// Logs the resource problems when they changed and updates their gauge.
+    fn note_problems(&mut self, problems: &[ResourceProblem]) {
+        if problems == self.problems.as_slice() {
+            return;
+        }
+        for problem in problems {
+            warn!(%problem, "resource problem");
+        }
+        self.problems = problems.to_vec();
+        self.metrics.resource_problems.set(self.problems.len() as i64);
+    }
+
+    /// Stops the servers of resources that are gone and adds (unserved) entries for new ones.
+    async fn sync_servers(&mut self, wanted: &BTreeMap<String, Resource>) {
         let current: BTreeMap<String, Resource> = self
             .served
             .iter()
-            .map(|(name, s)| {
+            .map(|(name, served)| {
+                let devices = served.service.state.borrow().devices.clone();
                 (
                     name.clone(),
                     Resource {
                         name: name.clone(),
-                        devices: s.service.state.borrow().devices.clone(),
+                        devices,
                     },
                 )
             })
             .collect();
-        let diff = resources::diff(&current, &derived.resources);
+        let diff = resources::diff(&current, wanted);
         for name in &diff.removed {
             if let Some(served) = self.served.remove(name) {
                 info!(resource = %name, "resource gone; stopping its server");
@@ -449,72 +486,64 @@ impl Manager {
                 metrics: self.metrics.clone(),
                 stop: self.stop.child_token(),
             };
-            self.served.insert(
-                name.clone(),
-                Served {
-                    service,
-                    server: None,
-                    registered: false,
-                    registered_with: None,
-                    backoff: Backoff { failures: 0 },
-                    next_attempt: Instant::now(),
-                    watcher_status: None,
-                },
-            );
+            self.served.insert(name.clone(), Served::new(service));
         }
-        for (name, resource) in &derived.resources {
+    }
+
+    /// Measures every device of every served resource and publishes the snapshots that changed
+    /// (ListAndWatch streams wake on them).
+    fn publish_snapshots(&self, wanted: &BTreeMap<String, Resource>) {
+        for (name, resource) in wanted {
             let Some(served) = self.served.get(name) else { continue };
-            let roots = &self.roots;
-            let changed = served.service.state.send_if_modified(|snapshot| {
-                let mut next = Snapshot {
-                    devices: resource.devices.clone(),
-                    ..Snapshot::default()
-                };
-                for device in resource.devices.values() {
-                    for region in &device.regions {
-                        let first = snapshot.baseline.get(&region.id).copied().unwrap_or(region.size_bytes);
-                        next.baseline.insert(region.id.clone(), first);
-                    }
-                }
-                for device in resource.devices.values() {
-                    next.verdicts
-                        .insert(device.id.clone(), roots.measure(device, &next.baseline));
-                }
-                if next == *snapshot {
-                    return false;
-                }
-                for (id, verdict) in &next.verdicts {
-                    let before = snapshot.verdicts.get(id);
-                    if before != Some(verdict) {
-                        match verdict {
-                            Some(reason) => warn!(resource = %name, device = %id, %reason, "device unhealthy"),
-                            None if before.is_some() => info!(resource = %name, device = %id, "device healthy again"),
-                            None => {}
-                        }
-                    }
-                }
-                *snapshot = next;
-                true
-            });
+            let changed = served
+                .service
+                .state
+                .send_if_modified(|snapshot| self.replace_snapshot(name, resource, snapshot));
             if changed {
                 let (healthy, unhealthy) = served.service.state.borrow().counts();
                 self.metrics.set_devices(name, healthy, unhealthy);
             }
         }
-        self.update_ready();
-        if self.labeler.is_some() {
-            let node = self.labeler.as_ref().map(|l| l.node().to_string()).unwrap_or_default();
-            let (body, skipped) = node_labels::desired(&node, &self.label_domain, &derived.resources, &inventory);
-            for label in skipped {
-                warn!(%label, "label name over 63 characters; left out");
-            }
-            if let Some(labeler) = self.labeler.as_mut()
-                && let Err(error) = labeler.sync(body).await
-            {
-                error!(%error, "Node labels not applied; retrying on the next poll");
-            }
+    }
+
+    /// Replaces `snapshot` with a fresh measurement of `resource` (region size baselines kept
+    /// from the first sight); logs each health change. Returns whether anything changed.
+    fn replace_snapshot(&self, name: &str, resource: &Resource, snapshot: &mut Snapshot) -> bool {
+        let mut next = Snapshot {
+            devices: resource.devices.clone(),
+            ..Snapshot::default()
+        };
+        for region in resource.devices.values().flat_map(|device| &device.regions) {
+            let first = snapshot.baseline.get(&region.id).copied().unwrap_or(region.size_bytes);
+            next.baseline.insert(region.id.clone(), first);
         }
-        self.inventory = Some(inventory);
+        for device in resource.devices.values() {
+            next.verdicts
+                .insert(device.id.clone(), self.roots.measure(device, &next.baseline));
+        }
+        if next == *snapshot {
+            return false;
+        }
+        for (id, verdict) in &next.verdicts {
+            log_health_change(name, id, snapshot.verdicts.get(id), verdict);
+        }
+        *snapshot = next;
+        true
+    }
+
+    /// Applies the Node labels derived from `resources` (when a labeler is configured).
+    async fn sync_labels(&mut self, resources: &BTreeMap<String, Resource>, inventory: &Inventory) {
+        let Some(labeler) = self.labeler.as_mut() else {
+            return;
+        };
+        let node = labeler.node().to_string();
+        let (body, skipped) = node_labels::desired(&node, &self.label_domain, resources, inventory);
+        for label in skipped {
+            warn!(%label, "label name over 63 characters; left out");
+        }
+        if let Err(error) = labeler.sync(body).await {
+            error!(%error, "Node labels not applied; retrying on the next poll");
+        }
     }
 
     fn update_ready(&self) {
@@ -606,6 +635,18 @@ impl Manager {
                 server.stop().await;
             }
         }
+    }
+}
+
+/// Logs a device's health change (`before`: its previous verdict, `None` when first seen).
+fn log_health_change(resource: &str, device: &str, before: Option<&Option<String>>, verdict: &Option<String>) {
+    if before == Some(verdict) {
+        return;
+    }
+    match verdict {
+        Some(reason) => warn!(resource, device, %reason, "device unhealthy"),
+        None if before.is_some() => info!(resource, device, "device healthy again"),
+        None => {}
     }
 }
 

@@ -4,9 +4,22 @@
 //! Pure over its input: every function takes a sysfs/procfs root (`/` on a real host, a fixture
 //! tree in tests) and returns values or typed errors. No async, no global state.
 //!
-//! One module per source (`pci`, `node`, `dax`, `nvidia`, `srat`, `iomem`, `memmap`, `config`),
-//! `merge` applies the precedence config > nvidia > dax > cpuless-node > srat, `report` renders
-//! the human table. Entry points: [`discover`] and [`render_table`].
+//! Where to start: [`discover`] (below) scans a root and returns an [`Inventory`] (`model`);
+//! `merge` decides which GPU owns which region. Module map:
+//! - `sysfs`: the one reader of files under the root (regular files only, bounded reads).
+//! - `pci`: PCI functions, which are GPUs, their driver, IOMMU group and NUMA node.
+//! - `node`: NUMA nodes (online, CPUs, memory, distances, generic initiators).
+//! - `dax`: device-dax instances and where their memory comes from.
+//! - `nvidia`: the NVIDIA driver's `numa_status` per GPU.
+//! - `srat`: the ACPI SRAT and the kernel's PXM -> node numbering.
+//! - `iomem`, `memmap`: Soft Reserved ranges from `/proc/iomem` and `sys/firmware/memmap`.
+//! - `config`: the `discovery` section of the config files (manual GPU -> node/dax mappings).
+//! - `merge`: the precedence config > nvidia > dax > cpuless-node > srat, and region health.
+//! - `model`: the discovery JSON contract (`Inventory`, `Gpu`, `Region`, `NumaNode`).
+//! - `report`: the human table ([`render_table`]).
+//! - `pci_address`: `DDDD:BB:DD.F` parsing and printing ([`PciAddress`]).
+//! - `cli` (feature `cli`): the `discover` subcommand shared by `hbm-hook` and the plugin.
+//! - `fixture` (feature `fixture`): synthetic hosts for tests, benches and the sample host.
 
 use std::path::Path;
 

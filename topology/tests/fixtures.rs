@@ -44,18 +44,12 @@ fn seed_amd_gpu_owns_its_spm_dax_region() {
         inv.regions,
         vec![Region {
             id: "0000:c1:00.0/dax0.0".into(),
-            gpu: pci("0000:c1:00.0"),
-            host_node: Some(1),
-            size_bytes: 64 * GIB,
             source: Source::Dax,
-            memmap: Memmap::Spm,
             dax: Some("/dev/dax0.0".into()),
             dax_align: Some(2 << 20),
             base: Some(0x21_0000_0000),
             online: false,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..fixture::region(pci("0000:c1:00.0"), 1, 64 * GIB)
         }]
     );
 }
