@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::sysfs::{Sysfs, parse_list};
+use crate::sysfs::{ListError, Sysfs, cut, parse_list};
 
 pub(crate) const NODE_DIR: &str = "sys/devices/system/node";
 
@@ -192,11 +192,16 @@ pub fn scan(fs: &Sysfs) -> NodeTable {
         };
         match fs.read_value(&format!("{dir}/cpulist")) {
             Ok(v) => match parse_list(&v) {
-                Some(c) => {
+                Ok(c) => {
                     n.cpus = c;
                     n.cpulist = v;
                 }
-                None => w.push(format!("{}/cpulist: {v:?} is not a cpulist", fs.path(&dir).display())),
+                Err(ListError::Syntax) => w.push(format!(
+                    "{}/cpulist: {:?} is not a cpulist",
+                    fs.path(&dir).display(),
+                    cut(&v)
+                )),
+                Err(error) => w.push(format!("{}/cpulist: {error}", fs.path(&dir).display())),
             },
             Err(e) if e.is_missing() => {}
             Err(e) => w.push(e.to_string()),

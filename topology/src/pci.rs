@@ -3,7 +3,7 @@
 //! processing accelerator) are read past `class`, which keeps a 10,000-device scan cheap.
 
 use crate::PciAddress;
-use crate::sysfs::{Sysfs, SysfsError, parse_cpumask, parse_hex, parse_list};
+use crate::sysfs::{ListError, Sysfs, SysfsError, cut, parse_cpumask, parse_hex, parse_list};
 
 const DEVICES: &str = "sys/bus/pci/devices";
 
@@ -141,11 +141,12 @@ fn read_gpu(fs: &Sysfs, base: &str, address: PciAddress, class: u32, warnings: &
         }
     };
     let local_cpus = match fs.read_value(&format!("{base}/local_cpulist")) {
-        Ok(v) => parse_list(&v).unwrap_or_else(|| {
-            warnings.push(format!(
-                "{}/local_cpulist: {v:?} is not a cpulist",
-                fs.path(base).display()
-            ));
+        Ok(v) => parse_list(&v).unwrap_or_else(|error| {
+            let file = format!("{}/local_cpulist", fs.path(base).display());
+            warnings.push(match error {
+                ListError::Syntax => format!("{file}: {:?} is not a cpulist", cut(&v)),
+                ListError::TooMany => format!("{file}: {error}"),
+            });
             Vec::new()
         }),
         Err(_) => match fs.read_value(&format!("{base}/local_cpus")) {

@@ -389,3 +389,28 @@ fn extreme_addresses_and_lengths_do_not_overflow() {
     let inv = run(d.path());
     assert_eq!(region(&inv, "0000:c1:00.0/node1").size_bytes, u64::MAX);
 }
+
+#[test]
+fn a_cpulist_naming_too_many_cpus_is_refused_with_a_warning_naming_the_file() {
+    let d = seed();
+    // 16 KB of `0-65535,`: each range is valid, together they name 134 million CPUs.
+    let amplified = "0-65535,".repeat(2048);
+    let gpu_list = d.path().join("sys/bus/pci/devices/0000:c1:00.0/local_cpulist");
+    fs::write(&gpu_list, &amplified).unwrap();
+    let node_list = d.path().join("sys/devices/system/node/node0/cpulist");
+    fs::write(&node_list, &amplified).unwrap();
+    let started = std::time::Instant::now();
+    let inv = run(d.path());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = "names more than 65536 ids in total (ranges repeated?); list refused";
+    for file in [&gpu_list, &node_list] {
+        let want = format!("{}: {refused}", file.display());
+        assert!(inv.warnings.contains(&want), "{want} not in {:#?}", inv.warnings);
+    }
+    assert_eq!(inv.nodes[0].cpus, "");
+    assert_eq!(ids(&inv), ["0000:c1:00.0/dax0.0"]);
+}
