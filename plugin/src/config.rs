@@ -196,11 +196,18 @@ pub struct Settings {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_config_text(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse_file(path, &text)
+}
+
+/// The text of the config file at `path`: a regular file (a FIFO or device is refused rather
+/// than waited on) of at most [`topology::config::MAX_CONFIG_BYTES`], in UTF-8.
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    let bytes = topology::sysfs::read_regular_file(path, topology::config::MAX_CONFIG_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses and validates config file text (`path` only names it in errors).

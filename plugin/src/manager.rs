@@ -131,7 +131,7 @@ impl Manager {
         let config_text = settings
             .config_path
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
+            .and_then(|p| config::read_config_text(p).ok());
         Self {
             roots: HealthRoots {
                 sysfs_root: settings.sysfs_root.clone(),
@@ -369,7 +369,7 @@ impl Manager {
         let Some(path) = self.settings.config_path.clone() else {
             return;
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match config::read_config_text(&path) {
             Ok(text) => text,
             Err(error) => {
                 // During a ConfigMap symlink swap the file can be briefly absent; the next event or

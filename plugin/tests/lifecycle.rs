@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{FakeKubelet, PluginProcess, TestHost, guarded, http_get, wait_for_file};
+use common::{FakeKubelet, PluginProcess, TestHost, Watch, guarded, health, http_get, wait_for_file};
 use proto::deviceplugin::v1beta1::Empty;
 use proto::pluginregistration::registration_client::RegistrationClient;
 use proto::pluginregistration::{InfoRequest, RegistrationStatus};
@@ -361,4 +361,42 @@ async fn a_rule_that_matches_nothing_is_logged_and_the_rest_is_served() {
         .find(|l| l["fields"]["message"] == "registered with the kubelet")
         .unwrap();
     assert_eq!(registered["fields"]["resource"], "amd.com/gpu-74a1-hbm");
+}
+
+fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let made = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {} failed", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_where_files_are_expected_are_refused_and_signals_keep_working() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let config = host.dir.path().join("plugin.yaml");
+    make_fifo(&config);
+    let mut args = host.args();
+    args.push(format!("--config={}", config.display()));
+    let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("bad.log"));
+    assert_eq!(plugin.wait().await, Some(2));
+    assert_eq!(
+        plugin.log_text().trim_end(),
+        format!(
+            "hbm-device-plugin: cannot read config file {}: a FIFO, not a regular file; only regular files are read (check --config / HBM_CONFIG)",
+            config.display()
+        )
+    );
+
+    // One GPU's `class` is a FIFO: that GPU is skipped, the other served, SIGTERM still stops it.
+    make_fifo(&host.root.join("sys/devices/pci0000:41/0000:41:00.0/class"));
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let mut plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let reg = kubelet.next_registration().await;
+    let mut client = kubelet.dial(&reg.endpoint).await;
+    let mut watch = Watch::open(&mut client).await;
+    assert_eq!(
+        health(&watch.next().await),
+        [("0000:c1:00.0".to_string(), "Healthy".to_string())]
+    );
+    plugin.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(plugin.wait().await, Some(0));
 }

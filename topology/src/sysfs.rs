@@ -1,9 +1,11 @@
 //! A reader rooted at a sysfs/procfs root (`/` on a host, a fixture tree in tests): paths are
 //! given relative to the root (`sys/bus/pci/devices`), reads are typed, and every error names
-//! the file it concerns.
+//! the file it concerns. Only regular files are read ([`open_regular`]): a FIFO, device node or
+//! directory where a file is expected is an error naming the path, never a hang.
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest id accepted in a cpulist/nodelist (guards against `0-4294967295` blowing up memory).
@@ -89,7 +91,7 @@ impl Sysfs {
     /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so a
     /// short first read ends the file without a second syscall.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
-        let mut f = fs::File::open(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
+        let mut f = open_regular(&self.path(rel)).map_err(|e| self.io_error(rel, e))?;
         let mut page = [0u8; 4096];
         let n = loop {
             match f.read(&mut page) {
@@ -196,6 +198,54 @@ impl Sysfs {
         }
         names.sort_unstable();
         Ok(names)
+    }
+}
+
+/// Opens `path` for reading when it is a regular file. The open does not wait (`O_NONBLOCK`: a
+/// FIFO opens without a writer) and the opened file's own type is checked, so a FIFO, device
+/// node or directory is refused with [`io::ErrorKind::InvalidInput`] instead of hanging the
+/// caller or streaming without end.
+pub fn open_regular(path: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}, not a regular file; only regular files are read", describe(kind)),
+    ))
+}
+
+/// Reads the regular file `path` ([`open_regular`]) when it holds at most `limit` bytes; a
+/// larger file is refused with [`io::ErrorKind::InvalidInput`]. For config files.
+pub fn read_regular_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("larger than {limit} bytes; refused"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn describe(kind: fs::FileType) -> &'static str {
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device node"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
     }
 }
 
@@ -320,6 +370,35 @@ mod tests {
         assert_eq!(cut("short"), "short");
         assert_eq!(cut(&"a".repeat(100)), format!("{}…", "a".repeat(64)));
         assert_eq!(cut(&"é".repeat(40)), format!("{}…", "é".repeat(32)));
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("class");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let err = open_regular(&fifo).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            err.to_string(),
+            "a FIFO, not a regular file; only regular files are read"
+        );
+        let err = open_regular(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a directory, not a regular file; only regular files are read"
+        );
+        let err = open_regular(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a device node, not a regular file; only regular files are read"
+        );
+        let file = dir.path().join("plain");
+        fs::write(&file, "0x120000\n").unwrap();
+        assert_eq!(read_regular_file(&file, 9).unwrap(), b"0x120000\n");
+        let err = read_regular_file(&file, 8).unwrap_err();
+        assert_eq!(err.to_string(), "larger than 8 bytes; refused");
     }
 
     #[test]

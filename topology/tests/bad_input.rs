@@ -414,3 +414,42 @@ fn a_cpulist_naming_too_many_cpus_is_refused_with_a_warning_naming_the_file() {
     assert_eq!(inv.nodes[0].cpus, "");
     assert_eq!(ids(&inv), ["0000:c1:00.0/dax0.0"]);
 }
+
+#[test]
+fn fifos_where_files_are_expected_are_refused_naming_the_path_not_waited_on() {
+    let d = seed();
+    let class = d.path().join("sys/devices/pci0000:c1/0000:c1:00.0/class");
+    make_fifo(&class);
+    let iomem = d.path().join("proc/iomem");
+    make_fifo(&iomem);
+    let root = d.path().to_path_buf();
+    let inv = within_10s("discover", move || run(&root));
+    let not_regular = "unreadable: a FIFO, not a regular file; only regular files are read";
+    let want = [
+        format!(
+            "{}/sys/bus/pci/devices/0000:c1:00.0/class: {not_regular}; function skipped",
+            d.path().display()
+        ),
+        format!("{}: {not_regular}", iomem.display()),
+    ];
+    for line in &want {
+        assert!(inv.warnings.contains(line), "{line} not in {:#?}", inv.warnings);
+    }
+    assert!(inv.gpus.is_empty(), "{:?}", inv.gpus);
+}
+
+#[test]
+fn a_config_file_that_is_a_fifo_is_an_error_naming_it() {
+    let d = tempfile::TempDir::new().unwrap();
+    let config = d.path().join("hook.yaml");
+    make_fifo(&config);
+    let path = config.clone();
+    let err = within_10s("config load", move || DiscoveryConfig::load(&path)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: unreadable: a FIFO, not a regular file; only regular files are read",
+            config.display()
+        )
+    );
+}
