@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the device plugin (one gRPC server per resource) until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show which GPUs own which HBM regions on this host (table, or --json for the contract).
     Discover(topology::cli::DiscoverArgs),
 }

@@ -43,6 +43,34 @@ pub enum ManagerError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot set up inotify: {0}")]
     Inotify(std::io::Error),
+    #[error(
+        "{flag} {}: socket path {} is {length} bytes, over the {SOCKET_PATH_MAX}-byte limit of a unix socket path (choose a shorter directory)",
+        dir.display(), path.display()
+    )]
+    SocketPathTooLong {
+        flag: &'static str,
+        dir: PathBuf,
+        path: PathBuf,
+        length: usize,
+    },
+}
+
+/// Longest unix socket path in bytes (`sun_path` holds 108 with the terminating NUL).
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// `dir/name` when that path fits a unix socket address.
+fn socket_path(flag: &'static str, dir: &Path, name: &str) -> Result<PathBuf, ManagerError> {
+    let path = dir.join(name);
+    let length = path.as_os_str().len();
+    if length > SOCKET_PATH_MAX {
+        return Err(ManagerError::SocketPathTooLong {
+            flag,
+            dir: dir.to_path_buf(),
+            path,
+            length,
+        });
+    }
+    Ok(path)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +129,10 @@ pub struct Manager {
     inventory: Option<Inventory>,
     /// Identity of the `kubelet.sock` last seen; a different one means the kubelet restarted.
     kubelet_seen: Option<Identity>,
+    /// When `kubelet.sock` is still absent at this instant, warn (once).
+    kubelet_warn_at: Option<Instant>,
+    /// An error that ends [`Manager::run`] (a new resource whose socket path cannot be bound).
+    fatal: Option<ManagerError>,
     stop: CancellationToken,
 }
 
@@ -152,6 +184,8 @@ impl Manager {
             discovery_error: None,
             inventory: None,
             kubelet_seen: None,
+            kubelet_warn_at: None,
+            fatal: None,
             stop,
         }
     }
@@ -159,6 +193,14 @@ impl Manager {
     /// The registration mode in effect (`auto` resolved).
     pub fn mode(&self) -> RegistrationMode {
         self.mode
+    }
+
+    /// The flag naming [`Self::socket_dir`].
+    fn socket_dir_flag(&self) -> &'static str {
+        match self.mode {
+            RegistrationMode::PluginWatcher => "--plugins-registry-dir",
+            _ => "--device-plugin-dir",
+        }
     }
 
     fn socket_dir(&self) -> &Path {
@@ -218,32 +260,27 @@ impl Manager {
 
     /// Runs until `stop` is cancelled, then stops every server and removes its socket.
     pub async fn run(mut self) -> Result<(), ManagerError> {
-        let dir = self.socket_dir().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| ManagerError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        self.prepare_socket_dir()?;
         info!(mode = ?self.mode, socket_dir = %self.socket_dir().display(), "hbm-device-plugin starting");
         let (inotify, kinds) = self.setup_inotify()?;
         let mut events = inotify.into_event_stream([0u8; 4096]).map_err(ManagerError::Inotify)?;
         self.kubelet_seen = identity(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
+        if self.mode == RegistrationMode::KubeletSocket && self.kubelet_seen.is_none() {
+            self.kubelet_warn_at = Some(Instant::now() + self.settings.kubelet_wait_warning);
+        }
         self.refresh().await;
         let mut next_poll = Instant::now() + self.settings.poll_interval;
         let mut inotify_alive = true;
         // Device-node events are coalesced briefly so a burst causes one refresh.
         let mut pending_refresh: Option<Instant> = None;
         loop {
+            if let Some(error) = self.fatal.take() {
+                self.shutdown().await;
+                return Err(error);
+            }
             self.metrics.tick();
             self.registration_pass().await;
-            let deadline = self
-                .served
-                .values()
-                .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
-                .map(|s| s.next_attempt)
-                .chain([next_poll])
-                .chain(pending_refresh)
-                .min()
-                .unwrap_or(next_poll);
+            let deadline = self.next_deadline(next_poll, pending_refresh);
             enum Wake {
                 Stop,
                 Event(Option<Result<inotify::Event<OsString>, std::io::Error>>),
@@ -274,6 +311,7 @@ impl Manager {
                 Wake::Other => {}
             }
             let now = Instant::now();
+            self.warn_if_no_kubelet(now);
             let poll_due = now >= next_poll;
             if poll_due {
                 self.poll_sockets();
@@ -287,6 +325,55 @@ impl Manager {
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Checks that `kubelet.sock` fits a socket address (kubelet-socket mode) and creates the
+    /// socket directory when missing.
+    fn prepare_socket_dir(&self) -> Result<(), ManagerError> {
+        if self.mode == RegistrationMode::KubeletSocket {
+            socket_path("--device-plugin-dir", &self.settings.device_plugin_dir, KUBELET_SOCKET)?;
+        }
+        let dir = self.socket_dir();
+        if dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(|source| ManagerError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        info!(dir = %dir.display(), "socket directory did not exist; created it");
+        Ok(())
+    }
+
+    /// When the loop must wake at the latest: the next poll, a due refresh, a registration
+    /// retry, the kubelet wait warning.
+    fn next_deadline(&self, next_poll: Instant, pending_refresh: Option<Instant>) -> Instant {
+        self.served
+            .values()
+            .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
+            .map(|s| s.next_attempt)
+            .chain([next_poll])
+            .chain(pending_refresh)
+            .chain(self.kubelet_warn_at)
+            .min()
+            .unwrap_or(next_poll)
+    }
+
+    /// Warns once when `kubelet.sock` has not appeared within the configured wait; keeps waiting.
+    fn warn_if_no_kubelet(&mut self, now: Instant) {
+        if self.kubelet_warn_at.is_none_or(|at| now < at) {
+            return;
+        }
+        self.kubelet_warn_at = None;
+        let dir = &self.settings.device_plugin_dir;
+        if identity(&dir.join(KUBELET_SOCKET)).is_some() {
+            return;
+        }
+        warn!(
+            dir = %dir.display(),
+            waited = ?self.settings.kubelet_wait_warning,
+            "no kubelet.sock in the device plugin directory yet; check that --device-plugin-dir is the kubelet's device-plugins directory (kubeletRootDir in the chart); still waiting"
+        );
     }
 
     /// Handles one inotify event; returns whether a refresh is due.
@@ -478,6 +565,11 @@ impl Manager {
             }
         }
         for name in &diff.added {
+            let socket = resources::socket_name(name);
+            if let Err(error) = socket_path(self.socket_dir_flag(), self.socket_dir(), &socket) {
+                self.fatal.get_or_insert(error);
+                continue;
+            }
             info!(resource = %name, "new resource");
             let service = ResourceService {
                 name: name.clone(),

@@ -43,6 +43,7 @@ impl hbm_shell::ExitStatus for RunError {
     fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::NoSys { .. } => BAD_INPUT,
+            Self::Manager(ManagerError::SocketPathTooLong { .. }) => BAD_INPUT,
             Self::Runtime(_) | Self::KubeClient { .. } | Self::MetricsBind { .. } | Self::Manager(_) => FAILURE,
         }
     }

@@ -400,3 +400,58 @@ async fn fifos_where_files_are_expected_are_refused_and_signals_keep_working() {
     plugin.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(plugin.wait().await, Some(0));
 }
+
+/// `host.args()` with `--device-plugin-dir` replaced by `dir`.
+fn args_with_device_plugin_dir(host: &TestHost, dir: &Path) -> Vec<String> {
+    let mut args = host.args();
+    args.retain(|a| !a.starts_with("--device-plugin-dir"));
+    args.push(format!("--device-plugin-dir={}", dir.display()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_plugin_dir_too_long_for_a_socket_path_exits_2_naming_it() {
+    let host = TestHost::new(&fixture::seed_amd());
+    let base = host.dir.path().display().to_string();
+    // kubelet.sock itself does not fit; then it fits but the resource's socket does not.
+    for (dir_len, socket) in [(100, "kubelet.sock"), (90, "hbm-amd.com_gpu-74a1-hbm.sock")] {
+        let dir = host.dir.path().join("d".repeat(dir_len - base.len() - 1));
+        assert_eq!(dir.as_os_str().len(), dir_len);
+        let args = args_with_device_plugin_dir(&host, &dir);
+        let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("long.log"));
+        assert_eq!(plugin.wait().await, Some(2));
+        assert_eq!(
+            plugin.log_text().lines().last().unwrap_or_default(),
+            format!(
+                "hbm-device-plugin: --device-plugin-dir {}: socket path {}/{socket} is {} bytes, over the 107-byte limit of a unix socket path (choose a shorter directory)",
+                dir.display(),
+                dir.display(),
+                dir_len + 1 + socket.len()
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_kubelet_socket_is_warned_about_naming_the_dir_and_still_awaited() {
+    let host = TestHost::new(&fixture::seed_amd());
+    let dir = host.dir.path().join("not-the-kubelet-dir");
+    let mut args = args_with_device_plugin_dir(&host, &dir);
+    args.push("--kubelet-wait-warning=200ms".into());
+    let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
+    let warning = format!(
+        "no kubelet.sock in the device plugin directory yet; check that --device-plugin-dir is the kubelet's device-plugins directory (kubeletRootDir in the chart); still waiting dir={} waited=200ms",
+        dir.display()
+    );
+    guarded("the kubelet wait warning", async {
+        while !plugin.log_text().contains(&warning) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(dir.is_dir());
+    // Still waiting: a kubelet that shows up now gets the registration.
+    let mut kubelet = FakeKubelet::start(&dir);
+    assert_eq!(kubelet.next_registration().await.resource_name, "amd.com/gpu-74a1-hbm");
+    assert_eq!(plugin.log_text().matches("no kubelet.sock").count(), 1);
+}
