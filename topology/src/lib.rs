@@ -17,6 +17,7 @@
 //! - `merge`: the precedence config > nvidia > dax > cpuless-node > srat, and region health.
 //! - `model`: the discovery JSON contract (`Inventory`, `Gpu`, `Region`, `NumaNode`).
 //! - `report`: the human table ([`render_table`]).
+//! - `validate`: checks a `discover --json` document read back ([`Inventory::from_json`]).
 //! - `pci_address`: `DDDD:BB:DD.F` parsing and printing ([`PciAddress`]).
 //! - `cli` (feature `cli`): the `discover` subcommand shared by `hbm-hook` and the plugin.
 //! - `fixture` (feature `fixture`): synthetic hosts for tests, benches and the sample host.
@@ -36,6 +37,7 @@ mod pci_address;
 pub mod report;
 pub mod srat;
 pub mod sysfs;
+pub mod validate;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -46,6 +48,7 @@ pub use config::{ConfigError, DiscoveryConfig, GpuMapping};
 pub use model::{Gpu, Health, Inventory, Memmap, NumaNode, Region, SCHEMA_VERSION, Source};
 pub use pci_address::{PciAddress, PciAddressError};
 pub use report::render_table;
+pub use validate::InventoryError;
 
 /// Root-relative path of the SRAT image.
 const SRAT: &str = "sys/firmware/acpi/tables/SRAT";
