@@ -129,6 +129,19 @@ impl HealthRoots {
     }
 }
 
+/// Logs a device's health change with its reason (`before`: its previous verdict, `None` when
+/// first seen; nothing is logged when the verdict is unchanged or a new device is healthy).
+pub fn log_health_change(resource: &str, device: &str, before: Option<&Verdict>, verdict: &Verdict) {
+    if before == Some(verdict) {
+        return;
+    }
+    match verdict {
+        Some(reason) => tracing::warn!(resource = %resource, device = %device, %reason, "device unhealthy"),
+        None if before.is_some() => tracing::info!(resource = %resource, device = %device, "device healthy again"),
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

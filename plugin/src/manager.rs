@@ -617,7 +617,7 @@ impl Manager {
             return false;
         }
         for (id, verdict) in &next.verdicts {
-            log_health_change(name, id, snapshot.verdicts.get(id), verdict);
+            crate::health::log_health_change(name, id, snapshot.verdicts.get(id), verdict);
         }
         *snapshot = next;
         true
@@ -727,18 +727,6 @@ impl Manager {
                 server.stop().await;
             }
         }
-    }
-}
-
-/// Logs a device's health change (`before`: its previous verdict, `None` when first seen).
-fn log_health_change(resource: &str, device: &str, before: Option<&Option<String>>, verdict: &Option<String>) {
-    if before == Some(verdict) {
-        return;
-    }
-    match verdict {
-        Some(reason) => warn!(resource, device, %reason, "device unhealthy"),
-        None if before.is_some() => info!(resource, device, "device healthy again"),
-        None => {}
     }
 }
 

@@ -17,7 +17,7 @@ const ENDPOINT: &str = "hbm-amd.com_gpu-74a1-hbm.sock";
 async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
     let host = TestHost::new(&fixture::seed_amd_2gpu());
     let mut kubelet = FakeKubelet::start(&host.device_plugins);
-    let _plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
 
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.version, "v1beta1");
@@ -105,6 +105,30 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
     assert_eq!(
         err.message(),
         "resource amd.com/gpu-74a1-hbm: unknown device ID \"0000:ff:00.0\" (not advertised by this plugin)"
+    );
+    // A 20 KB ID is cut to 64 bytes in the reply (and the log).
+    let err = client
+        .allocate(one_container(vec!["x".repeat(20_000)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        format!(
+            "resource amd.com/gpu-74a1-hbm: unknown device ID \"{}…\" (not advertised by this plugin)",
+            "x".repeat(64)
+        )
+    );
+    assert!(!plugin.log_text().contains(&"x".repeat(65)));
+    // The same device twice in one container: refused.
+    let err = client
+        .allocate(one_container(vec!["0000:41:00.0".into(), "0000:41:00.0".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "resource amd.com/gpu-74a1-hbm: device ID \"0000:41:00.0\" appears more than once in one container request"
     );
     let ok = client
         .allocate(one_container(vec!["0000:41:00.0".into()]))
@@ -232,7 +256,7 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
     let mut args = host.args();
     args.retain(|a| !a.starts_with("--health-poll-interval"));
     args.push("--health-poll-interval=60s".into());
-    let _plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
+    let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
     let reg = kubelet.next_registration().await;
     let mut client = kubelet.dial(&reg.endpoint).await;
     let mut watch = Watch::open(&mut client).await;
@@ -258,6 +282,9 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
             ("0000:c1:00.0".to_string(), "Healthy".to_string())
         ]
     );
+    // Measured by Allocate first, the change is still logged once, with its reason.
+    let logged = "device unhealthy resource=amd.com/gpu-74a1-hbm device=0000:41:00.0 reason=GPU 0000:41:00.0 is not bound to vfio-pci (no driver)";
+    assert_eq!(plugin.log_text().matches(logged).count(), 1, "{}", plugin.log_text());
 
     // Rebind, and wake the plugin through /dev (watched with inotify): healthy again.
     fixture::bind_driver(&host.root, gpu, Some("vfio-pci")).unwrap();
