@@ -514,7 +514,7 @@ impl Manager {
             }
             Err(error) => {
                 if self.discovery_error.as_deref() != Some(error.as_str()) {
-                    error!(%error, "discovery failed; keeping the previous inventory");
+                    error!(%error, "discovery failed; keeping the previous inventory, its devices unhealthy");
                     self.discovery_error = Some(error);
                 }
                 match &self.inventory {
@@ -610,8 +610,13 @@ impl Manager {
             next.baseline.insert(region.id.clone(), first);
         }
         for device in resource.devices.values() {
-            next.verdicts
-                .insert(device.id.clone(), self.roots.measure(device, &next.baseline));
+            // While discovery fails, the devices of the last inventory stay listed (a transient
+            // failure must not unregister the resource) but cannot be vouched for.
+            let verdict = match &self.discovery_error {
+                Some(error) => Some(format!("discovery failed: {error}")),
+                None => self.roots.measure(device, &next.baseline),
+            };
+            next.verdicts.insert(device.id.clone(), verdict);
         }
         if next == *snapshot {
             return false;

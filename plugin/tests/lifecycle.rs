@@ -455,3 +455,47 @@ async fn a_missing_kubelet_socket_is_warned_about_naming_the_dir_and_still_await
     assert_eq!(kubelet.next_registration().await.resource_name, "amd.com/gpu-74a1-hbm");
     assert_eq!(plugin.log_text().matches("no kubelet.sock").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_discovery_failure_keeps_the_resource_with_its_devices_unhealthy() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let reg = kubelet.next_registration().await;
+    let mut client = kubelet.dial(&reg.endpoint).await;
+    let mut watch = Watch::open(&mut client).await;
+    assert!(watch.next().await.devices.iter().all(|d| d.health == "Healthy"));
+
+    // sys/bus/pci/devices cannot be listed for a while.
+    let devices = host.root.join("sys/bus/pci/devices");
+    let away = host.root.join("sys/bus/pci/devices.away");
+    std::fs::rename(&devices, &away).unwrap();
+    std::fs::write(&devices, "").unwrap();
+    let update = watch
+        .until("both devices unhealthy", |u| {
+            u.devices.iter().all(|d| d.health == "Unhealthy")
+        })
+        .await;
+    assert_eq!(update.devices.len(), 2);
+    assert_eq!(
+        host.sockets(&host.device_plugins),
+        ["hbm-amd.com_gpu-74a1-hbm.sock", "kubelet.sock"]
+    );
+    let reason = format!(
+        "reason=discovery failed: cannot read {}: Not a directory (os error 20)",
+        devices.display()
+    );
+    assert!(plugin.log_text().contains(&reason), "{}", plugin.log_text());
+
+    std::fs::remove_file(&devices).unwrap();
+    std::fs::rename(&away, &devices).unwrap();
+    watch
+        .until("both devices healthy again", |u| {
+            u.devices.len() == 2 && u.devices.iter().all(|d| d.health == "Healthy")
+        })
+        .await;
+    assert!(
+        kubelet.pending_registrations().is_empty(),
+        "registered once, never withdrawn"
+    );
+}

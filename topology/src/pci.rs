@@ -35,16 +35,14 @@ pub fn is_gpu_class(class: u32) -> bool {
     (class >> 16) == 0x03 || (class >> 8) == 0x1200
 }
 
-/// Reads every PCI function under the root. A missing `sys/bus/pci/devices` is an empty scan.
-pub fn scan(fs: &Sysfs) -> PciScan {
+/// Reads every PCI function under the root. A missing `sys/bus/pci/devices` is an empty scan; a
+/// folder that cannot be listed is an error (an empty scan would report every GPU gone).
+pub fn scan(fs: &Sysfs) -> Result<PciScan, SysfsError> {
     let mut out = PciScan::default();
     let names = match fs.list_dir(DEVICES) {
         Ok(n) => n,
-        Err(e) if e.is_missing() => return out,
-        Err(e) => {
-            out.warnings.push(format!("PCI devices not scanned: {e}"));
-            return out;
-        }
+        Err(e) if e.is_missing() => return Ok(out),
+        Err(e) => return Err(e),
     };
     let classes = read_classes(fs, &names);
     for (name, class) in names.into_iter().zip(classes) {
@@ -79,7 +77,7 @@ pub fn scan(fs: &Sysfs) -> PciScan {
         out.gpus
             .push(read_gpu(fs, &base, address, class_code as u32, &mut out.warnings));
     }
-    out
+    Ok(out)
 }
 
 /// Reads every function's `class` (the scan is bound by these open/read/close syscalls).

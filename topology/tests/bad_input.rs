@@ -31,7 +31,9 @@ fn unusable_roots_are_errors_with_one_line() {
     ];
     for (root, why) in cases {
         let e = discover(&root, &DiscoveryConfig::default()).unwrap_err();
-        let DiscoverError::RootUnusable { why: got, .. } = &e;
+        let DiscoverError::RootUnusable { why: got, .. } = &e else {
+            panic!("{e}")
+        };
         assert!(got.starts_with(why), "{got}");
         let line = e.to_string();
         assert!(!line.contains('\n'));
@@ -452,4 +454,21 @@ fn a_config_file_that_is_a_fifo_is_an_error_naming_it() {
             config.display()
         )
     );
+}
+
+#[test]
+fn an_unlistable_pci_devices_folder_is_an_error_naming_it_not_an_empty_host() {
+    let d = seed();
+    let devices = d.path().join("sys/bus/pci/devices");
+    fs::rename(&devices, d.path().join("devices.away")).unwrap();
+    fs::write(&devices, "").unwrap();
+    let e = discover(d.path(), &DiscoveryConfig::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot read {}: Not a directory (os error 20)", devices.display())
+    );
+    assert_eq!(e.exit_code(), 1);
+    // Gone altogether (no PCI in this root) is still an empty scan.
+    fs::remove_file(&devices).unwrap();
+    assert!(run(d.path()).gpus.is_empty());
 }
