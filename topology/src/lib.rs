@@ -123,7 +123,8 @@ pub fn discover(root: &Path, config: &DiscoveryConfig) -> Result<Inventory, Disc
     check_root(root)?;
     let fs = sysfs::Sysfs::new(root);
     let mut warnings = Vec::new();
-    let pci = pci::scan(&fs).map_err(|e| match e {
+    let configured: Vec<PciAddress> = config.gpus.iter().map(|m| m.gpu).collect();
+    let pci = pci::scan(&fs, &configured).map_err(|e| match e {
         sysfs::SysfsError::Unreadable { path, source } => DiscoverError::Unreadable { path, source },
         other => DiscoverError::Unreadable {
             path: other.path().to_path_buf(),

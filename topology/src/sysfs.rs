@@ -88,8 +88,10 @@ impl Sysfs {
         self.path(rel).exists()
     }
 
-    /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so a
-    /// short first read ends the file without a second syscall.
+    /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so
+    /// under `sys/` a short first read ends the file without a second syscall; procfs files
+    /// (`proc/iomem`, `proc/bus/pci/devices`) hand out whole lines per read and are read to the
+    /// end.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
         let mut f = open_regular(&self.path(rel)).map_err(|e| self.io_error(rel, e))?;
         let mut page = [0u8; 4096];
@@ -101,7 +103,8 @@ impl Sysfs {
             }
         };
         let mut buf = page[..n].to_vec();
-        if n == page.len() {
+        let one_read = rel.starts_with("sys/") && n < page.len();
+        if n > 0 && !one_read {
             f.take(MAX_READ)
                 .read_to_end(&mut buf)
                 .map_err(|e| self.io_error(rel, e))?;
