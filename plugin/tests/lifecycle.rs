@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{FakeKubelet, PluginProcess, TestHost, Watch, guarded, health, http_get, wait_for_file};
+use common::{
+    FakeKubelet, PluginProcess, Serving, TestHost, Watch, exit_and_last_line, guarded, health, http_get, wait_for_file,
+};
 use proto::deviceplugin::v1beta1::Empty;
 use proto::pluginregistration::registration_client::RegistrationClient;
 use proto::pluginregistration::{InfoRequest, RegistrationStatus};
@@ -376,15 +378,11 @@ async fn fifos_where_files_are_expected_are_refused_and_signals_keep_working() {
     make_fifo(&config);
     let mut args = host.args();
     args.push(format!("--config={}", config.display()));
-    let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("bad.log"));
-    assert_eq!(plugin.wait().await, Some(2));
-    assert_eq!(
-        plugin.log_text().trim_end(),
-        format!(
-            "hbm-device-plugin: cannot read config file {}: a FIFO, not a regular file; only regular files are read (check --config / HBM_CONFIG)",
-            config.display()
-        )
+    let line = format!(
+        "hbm-device-plugin: cannot read config file {}: a FIFO, not a regular file; only regular files are read (check --config / HBM_CONFIG)",
+        config.display()
     );
+    assert_eq!(exit_and_last_line(&host, &args).await, (Some(2), line));
 
     // One GPU's `class` is a FIFO: that GPU is skipped, the other served, SIGTERM still stops it.
     make_fifo(&host.root.join("sys/devices/pci0000:41/0000:41:00.0/class"));
@@ -418,17 +416,13 @@ async fn a_device_plugin_dir_too_long_for_a_socket_path_exits_2_naming_it() {
         let dir = host.dir.path().join("d".repeat(dir_len - base.len() - 1));
         assert_eq!(dir.as_os_str().len(), dir_len);
         let args = args_with_device_plugin_dir(&host, &dir);
-        let mut plugin = PluginProcess::spawn(&args, host.dir.path().join("long.log"));
-        assert_eq!(plugin.wait().await, Some(2));
-        assert_eq!(
-            plugin.log_text().lines().last().unwrap_or_default(),
-            format!(
-                "hbm-device-plugin: --device-plugin-dir {}: socket path {}/{socket} is {} bytes, over the 107-byte limit of a unix socket path (choose a shorter directory)",
-                dir.display(),
-                dir.display(),
-                dir_len + 1 + socket.len()
-            )
+        let line = format!(
+            "hbm-device-plugin: --device-plugin-dir {}: socket path {}/{socket} is {} bytes, over the 107-byte limit of a unix socket path (choose a shorter directory)",
+            dir.display(),
+            dir.display(),
+            dir_len + 1 + socket.len()
         );
+        assert_eq!(exit_and_last_line(&host, &args).await, (Some(2), line));
     }
 }
 
@@ -459,12 +453,12 @@ async fn a_missing_kubelet_socket_is_warned_about_naming_the_dir_and_still_await
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_discovery_failure_keeps_the_resource_with_its_devices_unhealthy() {
     let host = TestHost::new(&fixture::seed_amd_2gpu());
-    let mut kubelet = FakeKubelet::start(&host.device_plugins);
-    let plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
-    let reg = kubelet.next_registration().await;
-    let mut client = kubelet.dial(&reg.endpoint).await;
-    let mut watch = Watch::open(&mut client).await;
-    assert!(watch.next().await.devices.iter().all(|d| d.health == "Healthy"));
+    let Serving {
+        mut kubelet,
+        plugin,
+        client: _client,
+        mut watch,
+    } = Serving::start(&host, &host.args()).await;
 
     // sys/bus/pci/devices cannot be listed for a while.
     let devices = host.root.join("sys/bus/pci/devices");
