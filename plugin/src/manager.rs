@@ -96,6 +96,90 @@ struct Served {
 }
 
 impl Served {
+    /// In plugin-watcher mode: registered is what the kubelet last reported.
+    fn take_watcher_status(&mut self) {
+        if let Some(rx) = &mut self.watcher_status {
+            let status = rx.borrow_and_update().clone();
+            self.registered = matches!(status, Some(Ok(())));
+        }
+    }
+
+    /// Our socket was deleted (kubelet restart): never register an endpoint that is gone.
+    fn drop_server_if_socket_gone(&mut self, name: &str) {
+        if self.server.as_ref().is_some_and(|s| !s.socket_intact()) {
+            info!(resource = %name, "own socket removed; serving again");
+            self.registered = false;
+            if let Some(server) = self.server.take() {
+                tokio::spawn(server.stop());
+            }
+        }
+    }
+
+    /// Starts the server on `socket_dir/<socket name>`; on failure schedules a retry with
+    /// backoff and returns false.
+    fn serve(
+        &mut self,
+        name: &str,
+        socket_dir: &Path,
+        mode: RegistrationMode,
+        metrics: &Arc<Metrics>,
+        now: Instant,
+    ) -> bool {
+        let socket = socket_dir.join(resources::socket_name(name));
+        let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
+            let (tx, rx) = watch::channel(None);
+            self.watcher_status = Some(rx);
+            PluginWatcherService {
+                resource: name.to_string(),
+                endpoint: socket.to_string_lossy().into_owned(),
+                status: tx,
+                metrics: metrics.clone(),
+            }
+        });
+        match SocketServer::start(&socket, self.service.clone(), watcher) {
+            Ok(server) => {
+                info!(resource = %name, socket = %socket.display(), "serving");
+                self.server = Some(server);
+                self.registered = false;
+                true
+            }
+            Err(error) => {
+                let delay = self.backoff.next_delay();
+                error!(resource = %name, socket = %socket.display(), %error, retry_in = ?delay, "cannot serve");
+                self.next_attempt = now + delay;
+                false
+            }
+        }
+    }
+
+    /// Calls the kubelet's Register for this resource; a failure schedules a retry with backoff.
+    async fn register(&mut self, name: &str, device_plugin_dir: &Path, metrics: &Metrics) {
+        let endpoint = resources::socket_name(name);
+        let kubelet = identity(&device_plugin_dir.join(KUBELET_SOCKET));
+        match registration::register_with_kubelet(device_plugin_dir, &endpoint, name).await {
+            Ok(()) if self.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
+                // The kubelet restarted while we registered and deleted our socket: the
+                // kubelet cannot dial it, so serve and register once more right away.
+                metrics.registration(name, true);
+                info!(resource = %name, "socket removed during registration; registering again");
+                self.next_attempt = Instant::now();
+            }
+            Ok(()) => {
+                metrics.registration(name, true);
+                info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
+                self.registered = true;
+                self.registered_with = kubelet;
+                self.backoff = Backoff { failures: 0 };
+            }
+            Err(error) => {
+                metrics.registration(name, false);
+                let delay = self.backoff.next_delay();
+                warn!(resource = %name, %error, attempt = self.backoff.failures, retry_in = ?delay, "registration failed");
+                self.next_attempt = Instant::now() + delay;
+            }
+        }
+    }
+
     /// A resource not served yet: the registration pass serves it right away.
     fn new(service: ResourceService) -> Self {
         Self {
@@ -654,72 +738,18 @@ impl Manager {
         let socket_dir = self.socket_dir().to_path_buf();
         let device_plugin_dir = self.settings.device_plugin_dir.clone();
         for (name, served) in &mut self.served {
-            if let Some(rx) = &mut served.watcher_status {
-                let status = rx.borrow_and_update().clone();
-                served.registered = matches!(status, Some(Ok(())));
-            }
-            if served.server.as_ref().is_some_and(|s| !s.socket_intact()) {
-                // Our socket was deleted (kubelet restart): never register an endpoint that is gone.
-                info!(resource = %name, "own socket removed; serving again");
-                served.registered = false;
-                if let Some(server) = served.server.take() {
-                    tokio::spawn(server.stop());
-                }
-            }
-            if served.server.is_none() && served.next_attempt <= now {
-                let socket_name = resources::socket_name(name);
-                let socket = socket_dir.join(&socket_name);
-                let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
-                    let (tx, rx) = watch::channel(None);
-                    served.watcher_status = Some(rx);
-                    PluginWatcherService {
-                        resource: name.clone(),
-                        endpoint: socket.to_string_lossy().into_owned(),
-                        status: tx,
-                        metrics: self.metrics.clone(),
-                    }
-                });
-                match SocketServer::start(&socket, served.service.clone(), watcher) {
-                    Ok(server) => {
-                        info!(resource = %name, socket = %socket.display(), "serving");
-                        served.server = Some(server);
-                        served.registered = false;
-                    }
-                    Err(error) => {
-                        let delay = served.backoff.next_delay();
-                        error!(resource = %name, socket = %socket.display(), %error, retry_in = ?delay, "cannot serve");
-                        served.next_attempt = now + delay;
-                        continue;
-                    }
-                }
+            served.take_watcher_status();
+            served.drop_server_if_socket_gone(name);
+            if served.server.is_none()
+                && served.next_attempt <= now
+                && !served.serve(name, &socket_dir, mode, &self.metrics, now)
+            {
+                continue;
             }
             if mode != RegistrationMode::KubeletSocket || served.registered || served.next_attempt > now {
                 continue;
             }
-            let endpoint = resources::socket_name(name);
-            let kubelet = identity(&device_plugin_dir.join(KUBELET_SOCKET));
-            match registration::register_with_kubelet(&device_plugin_dir, &endpoint, name).await {
-                Ok(()) if served.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
-                    // The kubelet restarted while we registered and deleted our socket: the
-                    // kubelet cannot dial it, so serve and register once more right away.
-                    self.metrics.registration(name, true);
-                    info!(resource = %name, "socket removed during registration; registering again");
-                    served.next_attempt = Instant::now();
-                }
-                Ok(()) => {
-                    self.metrics.registration(name, true);
-                    info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
-                    served.registered = true;
-                    served.registered_with = kubelet;
-                    served.backoff = Backoff { failures: 0 };
-                }
-                Err(error) => {
-                    self.metrics.registration(name, false);
-                    let delay = served.backoff.next_delay();
-                    warn!(resource = %name, %error, attempt = served.backoff.failures, retry_in = ?delay, "registration failed");
-                    served.next_attempt = Instant::now() + delay;
-                }
-            }
+            served.register(name, &device_plugin_dir, &self.metrics).await;
         }
         self.update_ready();
     }
