@@ -18,8 +18,12 @@ use crate::resources::{DeviceInfo, env_suffix};
 /// Why part of an Allocate call cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AllocateError {
+    /// `id` is cut to 64 bytes (`…` marks the cut): the kubelet's input, echoed into a gRPC
+    /// status and the log.
     #[error("resource {resource}: unknown device ID {id:?} (not advertised by this plugin)")]
     UnknownDevice { resource: String, id: String },
+    #[error("resource {resource}: device ID {id:?} appears more than once in one container request")]
+    DuplicateDevice { resource: String, id: String },
     #[error("resource {resource}: device {id} is unhealthy: {reason}")]
     Unhealthy {
         resource: String,

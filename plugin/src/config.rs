@@ -18,6 +18,8 @@ pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const DEFAULT_PLUGINS_REGISTRY_DIR: &str = "/var/lib/kubelet/plugins_registry";
 /// Default poll interval of the health/inventory refresh (inotify triggers refreshes sooner).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the plugin waits for `kubelet.sock` before it warns (and keeps waiting).
+pub const DEFAULT_KUBELET_WAIT_WARNING: Duration = Duration::from_secs(30);
 
 /// How the plugin tells the kubelet about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -152,6 +154,9 @@ pub struct RunArgs {
     /// Domain of the Node labels and annotation [default: hbm-passthrough.dev]
     #[arg(long, env = "HBM_LABEL_DOMAIN")]
     pub label_domain: Option<String>,
+    /// How long to wait for kubelet.sock before warning, e.g. `200ms` (tests) [default: 30s]
+    #[arg(long, env = "HBM_KUBELET_WAIT_WARNING", hide = true)]
+    pub kubelet_wait_warning: Option<String>,
 }
 
 /// Why a config file or setting is unusable.
@@ -172,6 +177,8 @@ pub enum ConfigError {
     LabelDomain { domain: String, why: String },
     #[error("health poll interval {0:?} is not a duration between 10ms and 60s (write e.g. 500ms or 2s)")]
     PollInterval(String),
+    #[error("kubelet wait warning {0:?} is not a duration between 10ms and 60s (write e.g. 500ms or 30s)")]
+    KubeletWaitWarning(String),
 }
 
 /// Fully resolved settings the manager runs with.
@@ -192,15 +199,24 @@ pub struct Settings {
     pub discovery: topology::DiscoveryConfig,
     /// Watch directories with inotify (`false` with `--no-inotify`: the poll does everything).
     pub inotify: bool,
+    /// How long `kubelet.sock` may be absent before a warning names the directory.
+    pub kubelet_wait_warning: Duration,
 }
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_config_text(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse_file(path, &text)
+}
+
+/// The text of the config file at `path`: a regular file (a FIFO or device is refused rather
+/// than waited on) of at most [`topology::config::MAX_CONFIG_BYTES`], in UTF-8.
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    let bytes = topology::sysfs::read_regular_file(path, topology::config::MAX_CONFIG_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses and validates config file text (`path` only names it in errors).
@@ -305,6 +321,10 @@ pub fn resolve(args: &RunArgs, loaded: LoadedConfig) -> Result<Settings, ConfigE
         rules,
         discovery: file.discovery,
         inotify: !args.no_inotify,
+        kubelet_wait_warning: match &args.kubelet_wait_warning {
+            Some(text) => parse_interval(text).map_err(|_| ConfigError::KubeletWaitWarning(text.clone()))?,
+            None => DEFAULT_KUBELET_WAIT_WARNING,
+        },
     })
 }
 

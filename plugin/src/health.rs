@@ -78,8 +78,9 @@ impl HealthRoots {
     }
 
     fn online_nodes(&self) -> Option<Vec<u32>> {
-        let text = std::fs::read_to_string(self.sysfs_root.join("sys/devices/system/node/online")).ok()?;
-        parse_cpulist(text.trim())
+        topology::sysfs::Sysfs::new(&self.sysfs_root)
+            .read_list("sys/devices/system/node/online")
+            .ok()
     }
 
     /// Measures one device. `baseline` maps region id -> the size first seen.
@@ -128,25 +129,17 @@ impl HealthRoots {
     }
 }
 
-/// Parses a cpulist/nodelist (`0-3,8`); `None` on garbage.
-pub fn parse_cpulist(text: &str) -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    if text.is_empty() {
-        return Some(out);
+/// Logs a device's health change with its reason (`before`: its previous verdict, `None` when
+/// first seen; nothing is logged when the verdict is unchanged or a new device is healthy).
+pub fn log_health_change(resource: &str, device: &str, before: Option<&Verdict>, verdict: &Verdict) {
+    if before == Some(verdict) {
+        return;
     }
-    for part in text.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
-                if b < a || b - a > 65_536 {
-                    return None;
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.trim().parse().ok()?),
-        }
+    match verdict {
+        Some(reason) => tracing::warn!(resource = %resource, device = %device, %reason, "device unhealthy"),
+        None if before.is_some() => tracing::info!(resource = %resource, device = %device, "device healthy again"),
+        None => {}
     }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -257,14 +250,6 @@ mod tests {
             "region 0000:c1:00.0/node3 changed size from 4096 to 8192 bytes"
         );
         assert_eq!(roots.measure(&dev, &none), None);
-    }
-
-    #[test]
-    fn cpulists_parse_and_garbage_is_none() {
-        assert_eq!(parse_cpulist("0-2,5"), Some(vec![0, 1, 2, 5]));
-        assert_eq!(parse_cpulist(""), Some(vec![]));
-        assert_eq!(parse_cpulist("x"), None);
-        assert_eq!(parse_cpulist("3-1"), None);
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! hbm-device-plugin: advertises each passthrough-ready GPU together with its HBM regions as one
 //! Kubernetes device.
 //!
-//! Module map: `config` (flags/env/YAML), `resources` (inventory + rules -> devices, pure),
-//! `health` (measured device health), `allocate` (Allocate/GetPreferredAllocation, pure),
-//! `server` (DevicePlugin gRPC service + unix socket server), `registration` (kubelet Register,
-//! plugin-watcher service), `node_labels` (Node labels via server-side apply), `metrics`
-//! (Prometheus + /healthz + /readyz), `manager` (the loop tying them together).
+//! Where to start: `run` (what the `run` command does, from flags to shutdown) and `manager`
+//! (the one loop tying the rest together). Module map:
+//! - `config`: flags, environment and the YAML file resolved into `Settings`.
+//! - `run`: settings, runtime, metrics, labels and signals around the manager; `RunError`.
+//! - `manager`: discovery -> resources -> servers, registration, health, config reload.
+//! - `resources`: inventory + rules -> devices per resource (pure).
+//! - `health`: measured device health (driver binding, device nodes, region size).
+//! - `allocate`: Allocate / GetPreferredAllocation answers (pure).
+//! - `server`: the DevicePlugin gRPC service and its unix socket server.
+//! - `registration`: kubelet `Register` and the plugin-watcher service.
+//! - `node_labels`: Node labels via server-side apply.
+//! - `metrics`: Prometheus `/metrics`, `/healthz`, `/readyz`.
 
 pub mod allocate;
 pub mod config;
@@ -15,4 +22,5 @@ pub mod metrics;
 pub mod node_labels;
 pub mod registration;
 pub mod resources;
+pub mod run;
 pub mod server;

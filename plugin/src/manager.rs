@@ -43,6 +43,34 @@ pub enum ManagerError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot set up inotify: {0}")]
     Inotify(std::io::Error),
+    #[error(
+        "{flag} {}: socket path {} is {length} bytes, over the {SOCKET_PATH_MAX}-byte limit of a unix socket path (choose a shorter directory)",
+        dir.display(), path.display()
+    )]
+    SocketPathTooLong {
+        flag: &'static str,
+        dir: PathBuf,
+        path: PathBuf,
+        length: usize,
+    },
+}
+
+/// Longest unix socket path in bytes (`sun_path` holds 108 with the terminating NUL).
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// `dir/name` when that path fits a unix socket address.
+fn socket_path(flag: &'static str, dir: &Path, name: &str) -> Result<PathBuf, ManagerError> {
+    let path = dir.join(name);
+    let length = path.as_os_str().len();
+    if length > SOCKET_PATH_MAX {
+        return Err(ManagerError::SocketPathTooLong {
+            flag,
+            dir: dir.to_path_buf(),
+            path,
+            length,
+        });
+    }
+    Ok(path)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +95,105 @@ struct Served {
     watcher_status: Option<watch::Receiver<Option<Result<(), String>>>>,
 }
 
+impl Served {
+    /// In plugin-watcher mode: registered is what the kubelet last reported.
+    fn take_watcher_status(&mut self) {
+        if let Some(rx) = &mut self.watcher_status {
+            let status = rx.borrow_and_update().clone();
+            self.registered = matches!(status, Some(Ok(())));
+        }
+    }
+
+    /// Our socket was deleted (kubelet restart): never register an endpoint that is gone.
+    fn drop_server_if_socket_gone(&mut self, name: &str) {
+        if self.server.as_ref().is_some_and(|s| !s.socket_intact()) {
+            info!(resource = %name, "own socket removed; serving again");
+            self.registered = false;
+            if let Some(server) = self.server.take() {
+                tokio::spawn(server.stop());
+            }
+        }
+    }
+
+    /// Starts the server on `socket_dir/<socket name>`; on failure schedules a retry with
+    /// backoff and returns false.
+    fn serve(
+        &mut self,
+        name: &str,
+        socket_dir: &Path,
+        mode: RegistrationMode,
+        metrics: &Arc<Metrics>,
+        now: Instant,
+    ) -> bool {
+        let socket = socket_dir.join(resources::socket_name(name));
+        let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
+            let (tx, rx) = watch::channel(None);
+            self.watcher_status = Some(rx);
+            PluginWatcherService {
+                resource: name.to_string(),
+                endpoint: socket.to_string_lossy().into_owned(),
+                status: tx,
+                metrics: metrics.clone(),
+            }
+        });
+        match SocketServer::start(&socket, self.service.clone(), watcher) {
+            Ok(server) => {
+                info!(resource = %name, socket = %socket.display(), "serving");
+                self.server = Some(server);
+                self.registered = false;
+                true
+            }
+            Err(error) => {
+                let delay = self.backoff.next_delay();
+                error!(resource = %name, socket = %socket.display(), %error, retry_in = ?delay, "cannot serve");
+                self.next_attempt = now + delay;
+                false
+            }
+        }
+    }
+
+    /// Calls the kubelet's Register for this resource; a failure schedules a retry with backoff.
+    async fn register(&mut self, name: &str, device_plugin_dir: &Path, metrics: &Metrics) {
+        let endpoint = resources::socket_name(name);
+        let kubelet = identity(&device_plugin_dir.join(KUBELET_SOCKET));
+        match registration::register_with_kubelet(device_plugin_dir, &endpoint, name).await {
+            Ok(()) if self.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
+                // The kubelet restarted while we registered and deleted our socket: the
+                // kubelet cannot dial it, so serve and register once more right away.
+                metrics.registration(name, true);
+                info!(resource = %name, "socket removed during registration; registering again");
+                self.next_attempt = Instant::now();
+            }
+            Ok(()) => {
+                metrics.registration(name, true);
+                info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
+                self.registered = true;
+                self.registered_with = kubelet;
+                self.backoff = Backoff { failures: 0 };
+            }
+            Err(error) => {
+                metrics.registration(name, false);
+                let delay = self.backoff.next_delay();
+                warn!(resource = %name, %error, attempt = self.backoff.failures, retry_in = ?delay, "registration failed");
+                self.next_attempt = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// A resource not served yet: the registration pass serves it right away.
+    fn new(service: ResourceService) -> Self {
+        Self {
+            service,
+            server: None,
+            registered: false,
+            registered_with: None,
+            backoff: Backoff { failures: 0 },
+            next_attempt: Instant::now(),
+            watcher_status: None,
+        }
+    }
+}
+
 /// The running plugin.
 pub struct Manager {
     settings: Settings,
@@ -86,6 +213,10 @@ pub struct Manager {
     inventory: Option<Inventory>,
     /// Identity of the `kubelet.sock` last seen; a different one means the kubelet restarted.
     kubelet_seen: Option<Identity>,
+    /// When `kubelet.sock` is still absent at this instant, warn (once).
+    kubelet_warn_at: Option<Instant>,
+    /// An error that ends [`Manager::run`] (a new resource whose socket path cannot be bound).
+    fatal: Option<ManagerError>,
     stop: CancellationToken,
 }
 
@@ -116,7 +247,7 @@ impl Manager {
         let config_text = settings
             .config_path
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
+            .and_then(|p| config::read_config_text(p).ok());
         Self {
             roots: HealthRoots {
                 sysfs_root: settings.sysfs_root.clone(),
@@ -137,6 +268,8 @@ impl Manager {
             discovery_error: None,
             inventory: None,
             kubelet_seen: None,
+            kubelet_warn_at: None,
+            fatal: None,
             stop,
         }
     }
@@ -144,6 +277,14 @@ impl Manager {
     /// The registration mode in effect (`auto` resolved).
     pub fn mode(&self) -> RegistrationMode {
         self.mode
+    }
+
+    /// The flag naming [`Self::socket_dir`].
+    fn socket_dir_flag(&self) -> &'static str {
+        match self.mode {
+            RegistrationMode::PluginWatcher => "--plugins-registry-dir",
+            _ => "--device-plugin-dir",
+        }
     }
 
     fn socket_dir(&self) -> &Path {
@@ -203,32 +344,27 @@ impl Manager {
 
     /// Runs until `stop` is cancelled, then stops every server and removes its socket.
     pub async fn run(mut self) -> Result<(), ManagerError> {
-        let dir = self.socket_dir().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| ManagerError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        self.prepare_socket_dir()?;
         info!(mode = ?self.mode, socket_dir = %self.socket_dir().display(), "hbm-device-plugin starting");
         let (inotify, kinds) = self.setup_inotify()?;
         let mut events = inotify.into_event_stream([0u8; 4096]).map_err(ManagerError::Inotify)?;
         self.kubelet_seen = identity(&self.settings.device_plugin_dir.join(KUBELET_SOCKET));
+        if self.mode == RegistrationMode::KubeletSocket && self.kubelet_seen.is_none() {
+            self.kubelet_warn_at = Some(Instant::now() + self.settings.kubelet_wait_warning);
+        }
         self.refresh().await;
         let mut next_poll = Instant::now() + self.settings.poll_interval;
         let mut inotify_alive = true;
         // Device-node events are coalesced briefly so a burst causes one refresh.
         let mut pending_refresh: Option<Instant> = None;
         loop {
+            if let Some(error) = self.fatal.take() {
+                self.shutdown().await;
+                return Err(error);
+            }
             self.metrics.tick();
             self.registration_pass().await;
-            let deadline = self
-                .served
-                .values()
-                .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
-                .map(|s| s.next_attempt)
-                .chain([next_poll])
-                .chain(pending_refresh)
-                .min()
-                .unwrap_or(next_poll);
+            let deadline = self.next_deadline(next_poll, pending_refresh);
             enum Wake {
                 Stop,
                 Event(Option<Result<inotify::Event<OsString>, std::io::Error>>),
@@ -259,6 +395,7 @@ impl Manager {
                 Wake::Other => {}
             }
             let now = Instant::now();
+            self.warn_if_no_kubelet(now);
             let poll_due = now >= next_poll;
             if poll_due {
                 self.poll_sockets();
@@ -272,6 +409,55 @@ impl Manager {
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Checks that `kubelet.sock` fits a socket address (kubelet-socket mode) and creates the
+    /// socket directory when missing.
+    fn prepare_socket_dir(&self) -> Result<(), ManagerError> {
+        if self.mode == RegistrationMode::KubeletSocket {
+            socket_path("--device-plugin-dir", &self.settings.device_plugin_dir, KUBELET_SOCKET)?;
+        }
+        let dir = self.socket_dir();
+        if dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(|source| ManagerError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        info!(dir = %dir.display(), "socket directory did not exist; created it");
+        Ok(())
+    }
+
+    /// When the loop must wake at the latest: the next poll, a due refresh, a registration
+    /// retry, the kubelet wait warning.
+    fn next_deadline(&self, next_poll: Instant, pending_refresh: Option<Instant>) -> Instant {
+        self.served
+            .values()
+            .filter(|s| !s.registered && self.mode == RegistrationMode::KubeletSocket)
+            .map(|s| s.next_attempt)
+            .chain([next_poll])
+            .chain(pending_refresh)
+            .chain(self.kubelet_warn_at)
+            .min()
+            .unwrap_or(next_poll)
+    }
+
+    /// Warns once when `kubelet.sock` has not appeared within the configured wait; keeps waiting.
+    fn warn_if_no_kubelet(&mut self, now: Instant) {
+        if self.kubelet_warn_at.is_none_or(|at| now < at) {
+            return;
+        }
+        self.kubelet_warn_at = None;
+        let dir = &self.settings.device_plugin_dir;
+        if identity(&dir.join(KUBELET_SOCKET)).is_some() {
+            return;
+        }
+        warn!(
+            dir = %dir.display(),
+            waited = ?self.settings.kubelet_wait_warning,
+            "no kubelet.sock in the device plugin directory yet; check that --device-plugin-dir is the kubelet's device-plugins directory (kubeletRootDir in the chart); still waiting"
+        );
     }
 
     /// Handles one inotify event; returns whether a refresh is due.
@@ -354,7 +540,7 @@ impl Manager {
         let Some(path) = self.settings.config_path.clone() else {
             return;
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match config::read_config_text(&path) {
             Ok(text) => text,
             Err(error) => {
                 // During a ConfigMap symlink swap the file can be briefly absent; the next event or
@@ -390,7 +576,20 @@ impl Manager {
 
     /// Re-discovers, re-derives, re-measures; starts/stops servers and publishes changes.
     pub async fn refresh(&mut self) {
-        let inventory = match self.source.discover(&self.discovery) {
+        let inventory = self.discover_inventory();
+        let derived = resources::derive(&inventory, &self.rules);
+        self.note_problems(&derived.problems);
+        self.sync_servers(&derived.resources).await;
+        self.publish_snapshots(&derived.resources);
+        self.update_ready();
+        self.sync_labels(&derived.resources, &inventory).await;
+        self.inventory = Some(inventory);
+    }
+
+    /// A fresh inventory, or (discovery failing) the previous one; the error is logged once per
+    /// distinct message.
+    fn discover_inventory(&mut self) -> Inventory {
+        match self.source.discover(&self.discovery) {
             Ok(inventory) => {
                 if self.discovery_error.take().is_some() {
                     info!("discovery works again");
@@ -399,7 +598,7 @@ impl Manager {
             }
             Err(error) => {
                 if self.discovery_error.as_deref() != Some(error.as_str()) {
-                    error!(%error, "discovery failed; keeping the previous inventory");
+                    error!(%error, "discovery failed; keeping the previous inventory, its devices unhealthy");
                     self.discovery_error = Some(error);
                 }
                 match &self.inventory {
@@ -407,29 +606,38 @@ impl Manager {
                     None => Inventory::empty(self.settings.sysfs_root.to_string_lossy()),
                 }
             }
-        };
-        let derived = resources::derive(&inventory, &self.rules);
-        if derived.problems != self.problems {
-            for problem in &derived.problems {
-                warn!(%problem, "resource problem");
-            }
-            self.problems = derived.problems.clone();
-            self.metrics.resource_problems.set(self.problems.len() as i64);
         }
+    }
+
+    /// Logs the resource problems when they changed and updates their gauge.
+    fn note_problems(&mut self, problems: &[ResourceProblem]) {
+        if problems == self.problems.as_slice() {
+            return;
+        }
+        for problem in problems {
+            warn!(%problem, "resource problem");
+        }
+        self.problems = problems.to_vec();
+        self.metrics.resource_problems.set(self.problems.len() as i64);
+    }
+
+    /// Stops the servers of resources that are gone and adds (unserved) entries for new ones.
+    async fn sync_servers(&mut self, wanted: &BTreeMap<String, Resource>) {
         let current: BTreeMap<String, Resource> = self
             .served
             .iter()
-            .map(|(name, s)| {
+            .map(|(name, served)| {
+                let devices = served.service.state.borrow().devices.clone();
                 (
                     name.clone(),
                     Resource {
                         name: name.clone(),
-                        devices: s.service.state.borrow().devices.clone(),
+                        devices,
                     },
                 )
             })
             .collect();
-        let diff = resources::diff(&current, &derived.resources);
+        let diff = resources::diff(&current, wanted);
         for name in &diff.removed {
             if let Some(served) = self.served.remove(name) {
                 info!(resource = %name, "resource gone; stopping its server");
@@ -441,6 +649,11 @@ impl Manager {
             }
         }
         for name in &diff.added {
+            let socket = resources::socket_name(name);
+            if let Err(error) = socket_path(self.socket_dir_flag(), self.socket_dir(), &socket) {
+                self.fatal.get_or_insert(error);
+                continue;
+            }
             info!(resource = %name, "new resource");
             let service = ResourceService {
                 name: name.clone(),
@@ -449,72 +662,69 @@ impl Manager {
                 metrics: self.metrics.clone(),
                 stop: self.stop.child_token(),
             };
-            self.served.insert(
-                name.clone(),
-                Served {
-                    service,
-                    server: None,
-                    registered: false,
-                    registered_with: None,
-                    backoff: Backoff { failures: 0 },
-                    next_attempt: Instant::now(),
-                    watcher_status: None,
-                },
-            );
+            self.served.insert(name.clone(), Served::new(service));
         }
-        for (name, resource) in &derived.resources {
+    }
+
+    /// Measures every device of every served resource and publishes the snapshots that changed
+    /// (ListAndWatch streams wake on them).
+    fn publish_snapshots(&self, wanted: &BTreeMap<String, Resource>) {
+        for (name, resource) in wanted {
             let Some(served) = self.served.get(name) else { continue };
-            let roots = &self.roots;
-            let changed = served.service.state.send_if_modified(|snapshot| {
-                let mut next = Snapshot {
-                    devices: resource.devices.clone(),
-                    ..Snapshot::default()
-                };
-                for device in resource.devices.values() {
-                    for region in &device.regions {
-                        let first = snapshot.baseline.get(&region.id).copied().unwrap_or(region.size_bytes);
-                        next.baseline.insert(region.id.clone(), first);
-                    }
-                }
-                for device in resource.devices.values() {
-                    next.verdicts
-                        .insert(device.id.clone(), roots.measure(device, &next.baseline));
-                }
-                if next == *snapshot {
-                    return false;
-                }
-                for (id, verdict) in &next.verdicts {
-                    let before = snapshot.verdicts.get(id);
-                    if before != Some(verdict) {
-                        match verdict {
-                            Some(reason) => warn!(resource = %name, device = %id, %reason, "device unhealthy"),
-                            None if before.is_some() => info!(resource = %name, device = %id, "device healthy again"),
-                            None => {}
-                        }
-                    }
-                }
-                *snapshot = next;
-                true
-            });
+            let changed = served
+                .service
+                .state
+                .send_if_modified(|snapshot| self.replace_snapshot(name, resource, snapshot));
             if changed {
                 let (healthy, unhealthy) = served.service.state.borrow().counts();
                 self.metrics.set_devices(name, healthy, unhealthy);
             }
         }
-        self.update_ready();
-        if self.labeler.is_some() {
-            let node = self.labeler.as_ref().map(|l| l.node().to_string()).unwrap_or_default();
-            let (body, skipped) = node_labels::desired(&node, &self.label_domain, &derived.resources, &inventory);
-            for label in skipped {
-                warn!(%label, "label name over 63 characters; left out");
-            }
-            if let Some(labeler) = self.labeler.as_mut()
-                && let Err(error) = labeler.sync(body).await
-            {
-                error!(%error, "Node labels not applied; retrying on the next poll");
-            }
+    }
+
+    /// Replaces `snapshot` with a fresh measurement of `resource` (region size baselines kept
+    /// from the first sight); logs each health change. Returns whether anything changed.
+    fn replace_snapshot(&self, name: &str, resource: &Resource, snapshot: &mut Snapshot) -> bool {
+        let mut next = Snapshot {
+            devices: resource.devices.clone(),
+            ..Snapshot::default()
+        };
+        for region in resource.devices.values().flat_map(|device| &device.regions) {
+            let first = snapshot.baseline.get(&region.id).copied().unwrap_or(region.size_bytes);
+            next.baseline.insert(region.id.clone(), first);
         }
-        self.inventory = Some(inventory);
+        for device in resource.devices.values() {
+            // While discovery fails, the devices of the last inventory stay listed (a transient
+            // failure must not unregister the resource) but cannot be vouched for.
+            let verdict = match &self.discovery_error {
+                Some(error) => Some(format!("discovery failed: {error}")),
+                None => self.roots.measure(device, &next.baseline),
+            };
+            next.verdicts.insert(device.id.clone(), verdict);
+        }
+        if next == *snapshot {
+            return false;
+        }
+        for (id, verdict) in &next.verdicts {
+            crate::health::log_health_change(name, id, snapshot.verdicts.get(id), verdict);
+        }
+        *snapshot = next;
+        true
+    }
+
+    /// Applies the Node labels derived from `resources` (when a labeler is configured).
+    async fn sync_labels(&mut self, resources: &BTreeMap<String, Resource>, inventory: &Inventory) {
+        let Some(labeler) = self.labeler.as_mut() else {
+            return;
+        };
+        let node = labeler.node().to_string();
+        let (body, skipped) = node_labels::desired(&node, &self.label_domain, resources, inventory);
+        for label in skipped {
+            warn!(%label, "label name over 63 characters; left out");
+        }
+        if let Err(error) = labeler.sync(body).await {
+            error!(%error, "Node labels not applied; retrying on the next poll");
+        }
     }
 
     fn update_ready(&self) {
@@ -528,72 +738,18 @@ impl Manager {
         let socket_dir = self.socket_dir().to_path_buf();
         let device_plugin_dir = self.settings.device_plugin_dir.clone();
         for (name, served) in &mut self.served {
-            if let Some(rx) = &mut served.watcher_status {
-                let status = rx.borrow_and_update().clone();
-                served.registered = matches!(status, Some(Ok(())));
-            }
-            if served.server.as_ref().is_some_and(|s| !s.socket_intact()) {
-                // Our socket was deleted (kubelet restart): never register an endpoint that is gone.
-                info!(resource = %name, "own socket removed; serving again");
-                served.registered = false;
-                if let Some(server) = served.server.take() {
-                    tokio::spawn(server.stop());
-                }
-            }
-            if served.server.is_none() && served.next_attempt <= now {
-                let socket_name = resources::socket_name(name);
-                let socket = socket_dir.join(&socket_name);
-                let watcher = (mode == RegistrationMode::PluginWatcher).then(|| {
-                    let (tx, rx) = watch::channel(None);
-                    served.watcher_status = Some(rx);
-                    PluginWatcherService {
-                        resource: name.clone(),
-                        endpoint: socket.to_string_lossy().into_owned(),
-                        status: tx,
-                        metrics: self.metrics.clone(),
-                    }
-                });
-                match SocketServer::start(&socket, served.service.clone(), watcher) {
-                    Ok(server) => {
-                        info!(resource = %name, socket = %socket.display(), "serving");
-                        served.server = Some(server);
-                        served.registered = false;
-                    }
-                    Err(error) => {
-                        let delay = served.backoff.next_delay();
-                        error!(resource = %name, socket = %socket.display(), %error, retry_in = ?delay, "cannot serve");
-                        served.next_attempt = now + delay;
-                        continue;
-                    }
-                }
+            served.take_watcher_status();
+            served.drop_server_if_socket_gone(name);
+            if served.server.is_none()
+                && served.next_attempt <= now
+                && !served.serve(name, &socket_dir, mode, &self.metrics, now)
+            {
+                continue;
             }
             if mode != RegistrationMode::KubeletSocket || served.registered || served.next_attempt > now {
                 continue;
             }
-            let endpoint = resources::socket_name(name);
-            let kubelet = identity(&device_plugin_dir.join(KUBELET_SOCKET));
-            match registration::register_with_kubelet(&device_plugin_dir, &endpoint, name).await {
-                Ok(()) if served.server.as_ref().is_some_and(|s| !s.socket_intact()) => {
-                    // The kubelet restarted while we registered and deleted our socket: the
-                    // kubelet cannot dial it, so serve and register once more right away.
-                    self.metrics.registration(name, true);
-                    info!(resource = %name, "socket removed during registration; registering again");
-                    served.next_attempt = Instant::now();
-                }
-                Ok(()) => {
-                    self.metrics.registration(name, true);
-                    info!(resource = %name, endpoint = %endpoint, "registered with the kubelet");
-                    served.registered = true;
-                    served.registered_with = kubelet;
-                    served.backoff = Backoff { failures: 0 };
-                }
-                Err(error) => {
-                    self.metrics.registration(name, false);
-                    let delay = served.backoff.next_delay();
-                    warn!(resource = %name, %error, attempt = served.backoff.failures, retry_in = ?delay, "registration failed");
-                    served.next_attempt = Instant::now() + delay;
-                }
-            }
+            served.register(name, &device_plugin_dir, &self.metrics).await;
         }
         self.update_ready();
     }

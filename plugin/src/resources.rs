@@ -212,7 +212,7 @@ pub fn env_suffix(resource: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use topology::{Gpu, Health, Memmap, Region, Source};
+    use topology::{Gpu, Region, Source};
 
     fn gpu(addr: &str, vendor: &str, device: &str) -> Gpu {
         Gpu {
@@ -230,19 +230,10 @@ mod tests {
 
     fn region(addr: &str, node: u32) -> Region {
         Region {
-            id: format!("{addr}/node{node}"),
-            gpu: PciAddress::parse(addr).unwrap(),
-            host_node: Some(node),
-            size_bytes: 1 << 30,
             source: Source::Dax,
-            memmap: Memmap::Spm,
             dax: Some("/dev/dax0.0".into()),
-            dax_align: None,
-            base: None,
             online: false,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..topology::fixture::region(PciAddress::parse(addr).unwrap(), node, 1 << 30)
         }
     }
 

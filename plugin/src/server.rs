@@ -1,6 +1,6 @@
 //! The per-resource DevicePlugin gRPC service and the unix-socket server around it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use proto::pluginregistration::registration_server::RegistrationServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use topology::sysfs::cut;
 use tracing::{info, warn};
 
 use crate::allocate::{self, AllocateError};
@@ -93,10 +94,17 @@ impl ResourceService {
                 let snapshot = self.state.borrow();
                 let mut devices = Vec::with_capacity(container.devices_ids.len());
                 let mut baseline = BTreeMap::new();
+                let mut seen = BTreeSet::new();
                 for id in &container.devices_ids {
+                    if !seen.insert(id) {
+                        return Err(AllocateError::DuplicateDevice {
+                            resource: self.name.clone(),
+                            id: cut(id),
+                        });
+                    }
                     let device = snapshot.devices.get(id).ok_or_else(|| AllocateError::UnknownDevice {
                         resource: self.name.clone(),
-                        id: id.clone(),
+                        id: cut(id),
                     })?;
                     for region in &device.regions {
                         if let Some(&size) = snapshot.baseline.get(&region.id) {
@@ -126,12 +134,13 @@ impl ResourceService {
     }
 
     /// Records a failed measurement so ListAndWatch tells the kubelet at once.
+    /// The change is logged with its reason, as every health change is.
     fn mark_unhealthy(&self, id: &str, reason: &str) {
-        let changed = self.state.send_if_modified(|s| {
-            let entry = s.verdicts.entry(id.to_string()).or_default();
-            let changed = entry.as_deref() != Some(reason);
-            *entry = Some(reason.to_string());
-            changed
+        let verdict = Some(reason.to_string());
+        let changed = self.state.send_if_modified(|snapshot| {
+            let before = snapshot.verdicts.insert(id.to_string(), verdict.clone());
+            crate::health::log_health_change(&self.name, id, before.as_ref(), &verdict);
+            before.as_ref() != Some(&verdict)
         });
         if changed {
             let (healthy, unhealthy) = self.state.borrow().counts();
@@ -204,9 +213,9 @@ impl DevicePlugin for ResourceService {
                 warn!(resource = %self.name, %error, "allocate refused");
                 Err(match error {
                     AllocateError::Unhealthy { .. } => Status::failed_precondition(error.to_string()),
-                    AllocateError::UnknownDevice { .. } | AllocateError::Empty { .. } => {
-                        Status::invalid_argument(error.to_string())
-                    }
+                    AllocateError::UnknownDevice { .. }
+                    | AllocateError::DuplicateDevice { .. }
+                    | AllocateError::Empty { .. } => Status::invalid_argument(error.to_string()),
                 })
             }
         }

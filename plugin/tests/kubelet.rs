@@ -3,11 +3,13 @@
 
 mod common;
 
-use common::{FakeKubelet, PluginProcess, TestHost, Watch, health};
+use common::{FakeKubelet, PluginProcess, Serving, TestHost, Watch, health};
+use proto::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use proto::deviceplugin::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty, NumaNode,
     PreferredAllocationRequest, TopologyInfo,
 };
+use tonic::transport::Channel;
 use topology::fixture;
 
 const RESOURCE: &str = "amd.com/gpu-74a1-hbm";
@@ -17,7 +19,7 @@ const ENDPOINT: &str = "hbm-amd.com_gpu-74a1-hbm.sock";
 async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
     let host = TestHost::new(&fixture::seed_amd_2gpu());
     let mut kubelet = FakeKubelet::start(&host.device_plugins);
-    let _plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
 
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.version, "v1beta1");
@@ -97,14 +99,29 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
     );
 
     // Garbage from the kubelet: a clear error for that call, and the plugin keeps serving.
-    let err = client
-        .allocate(one_container(vec!["0000:ff:00.0".into()]))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let invalid = |message: String| (tonic::Code::InvalidArgument, message);
     assert_eq!(
-        err.message(),
-        "resource amd.com/gpu-74a1-hbm: unknown device ID \"0000:ff:00.0\" (not advertised by this plugin)"
+        refusal(&mut client, vec!["0000:ff:00.0".into()]).await,
+        invalid(
+            "resource amd.com/gpu-74a1-hbm: unknown device ID \"0000:ff:00.0\" (not advertised by this plugin)".into()
+        )
+    );
+    // A 20 KB ID is cut to 64 bytes in the reply (and the log).
+    assert_eq!(
+        refusal(&mut client, vec!["x".repeat(20_000)]).await,
+        invalid(format!(
+            "resource amd.com/gpu-74a1-hbm: unknown device ID \"{}…\" (not advertised by this plugin)",
+            "x".repeat(64)
+        ))
+    );
+    assert!(!plugin.log_text().contains(&"x".repeat(65)));
+    // The same device twice in one container: refused.
+    assert_eq!(
+        refusal(&mut client, vec!["0000:41:00.0".into(), "0000:41:00.0".into()]).await,
+        invalid(
+            "resource amd.com/gpu-74a1-hbm: device ID \"0000:41:00.0\" appears more than once in one container request"
+                .into()
+        )
     );
     let ok = client
         .allocate(one_container(vec!["0000:41:00.0".into()]))
@@ -232,7 +249,7 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
     let mut args = host.args();
     args.retain(|a| !a.starts_with("--health-poll-interval"));
     args.push("--health-poll-interval=60s".into());
-    let _plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
+    let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
     let reg = kubelet.next_registration().await;
     let mut client = kubelet.dial(&reg.endpoint).await;
     let mut watch = Watch::open(&mut client).await;
@@ -258,6 +275,9 @@ async fn allocate_of_a_device_that_just_turned_unhealthy_fails_and_sends_an_upda
             ("0000:c1:00.0".to_string(), "Healthy".to_string())
         ]
     );
+    // Measured by Allocate first, the change is still logged once, with its reason.
+    let logged = "device unhealthy resource=amd.com/gpu-74a1-hbm device=0000:41:00.0 reason=GPU 0000:41:00.0 is not bound to vfio-pci (no driver)";
+    assert_eq!(plugin.log_text().matches(logged).count(), 1, "{}", plugin.log_text());
 
     // Rebind, and wake the plugin through /dev (watched with inotify): healthy again.
     fixture::bind_driver(&host.root, gpu, Some("vfio-pci")).unwrap();
@@ -344,12 +364,13 @@ async fn sigterm_stops_servers_and_removes_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn region_size_change_is_unhealthy_until_restored_and_an_unplugged_gpu_leaves_the_list() {
     let host = TestHost::new(&fixture::seed_amd_2gpu());
-    let mut kubelet = FakeKubelet::start(&host.device_plugins);
-    let _plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
-    let reg = kubelet.next_registration().await;
-    let mut client = kubelet.dial(&reg.endpoint).await;
-    let mut watch = Watch::open(&mut client).await;
-    assert!(watch.next().await.devices.iter().all(|d| d.health == "Healthy"));
+    // Every part is bound: the kubelet and the plugin live until the test ends.
+    let Serving {
+        kubelet: _kubelet,
+        plugin: _plugin,
+        mut client,
+        mut watch,
+    } = Serving::start(&host, &host.args()).await;
 
     let size = host.root.join("sys/bus/dax/devices/dax1.0/size");
     let original = std::fs::read_to_string(&size).unwrap();
@@ -420,6 +441,12 @@ async fn without_inotify_the_poll_alone_catches_kubelet_restarts_and_health() {
     );
     assert!(plugin.log_text().contains("inotify off (--no-inotify)"));
     assert!(plugin.log_text().contains("kubelet.sock replaced (poll)"));
+}
+
+/// The code and message of an Allocate of `ids` (one container) that must fail.
+async fn refusal(client: &mut DevicePluginClient<Channel>, ids: Vec<String>) -> (tonic::Code, String) {
+    let status = client.allocate(one_container(ids)).await.unwrap_err();
+    (status.code(), status.message().to_string())
 }
 
 /// An Allocate request for one container holding `ids`, as the kubelet sends it.

@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{FakeKubelet, PluginProcess, TestHost, guarded, http_get, wait_for_file};
+use common::{
+    FakeKubelet, PluginProcess, Serving, TestHost, Watch, exit_and_last_line, guarded, health, http_get, wait_for_file,
+};
 use proto::deviceplugin::v1beta1::Empty;
 use proto::pluginregistration::registration_client::RegistrationClient;
 use proto::pluginregistration::{InfoRequest, RegistrationStatus};
@@ -361,4 +363,133 @@ async fn a_rule_that_matches_nothing_is_logged_and_the_rest_is_served() {
         .find(|l| l["fields"]["message"] == "registered with the kubelet")
         .unwrap();
     assert_eq!(registered["fields"]["resource"], "amd.com/gpu-74a1-hbm");
+}
+
+fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let made = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {} failed", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_where_files_are_expected_are_refused_and_signals_keep_working() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let config = host.dir.path().join("plugin.yaml");
+    make_fifo(&config);
+    let mut args = host.args();
+    args.push(format!("--config={}", config.display()));
+    let line = format!(
+        "hbm-device-plugin: cannot read config file {}: a FIFO, not a regular file; only regular files are read (check --config / HBM_CONFIG)",
+        config.display()
+    );
+    assert_eq!(exit_and_last_line(&host, &args).await, (Some(2), line));
+
+    // One GPU's `class` is a FIFO: that GPU is skipped, the other served, SIGTERM still stops it.
+    make_fifo(&host.root.join("sys/devices/pci0000:41/0000:41:00.0/class"));
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let mut plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let reg = kubelet.next_registration().await;
+    let mut client = kubelet.dial(&reg.endpoint).await;
+    let mut watch = Watch::open(&mut client).await;
+    assert_eq!(
+        health(&watch.next().await),
+        [("0000:c1:00.0".to_string(), "Healthy".to_string())]
+    );
+    plugin.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(plugin.wait().await, Some(0));
+}
+
+/// `host.args()` with `--device-plugin-dir` replaced by `dir`.
+fn args_with_device_plugin_dir(host: &TestHost, dir: &Path) -> Vec<String> {
+    let mut args = host.args();
+    args.retain(|a| !a.starts_with("--device-plugin-dir"));
+    args.push(format!("--device-plugin-dir={}", dir.display()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_plugin_dir_too_long_for_a_socket_path_exits_2_naming_it() {
+    let host = TestHost::new(&fixture::seed_amd());
+    let base = host.dir.path().display().to_string();
+    // kubelet.sock itself does not fit; then it fits but the resource's socket does not.
+    for (dir_len, socket) in [(100, "kubelet.sock"), (90, "hbm-amd.com_gpu-74a1-hbm.sock")] {
+        let dir = host.dir.path().join("d".repeat(dir_len - base.len() - 1));
+        assert_eq!(dir.as_os_str().len(), dir_len);
+        let args = args_with_device_plugin_dir(&host, &dir);
+        let line = format!(
+            "hbm-device-plugin: --device-plugin-dir {}: socket path {}/{socket} is {} bytes, over the 107-byte limit of a unix socket path (choose a shorter directory)",
+            dir.display(),
+            dir.display(),
+            dir_len + 1 + socket.len()
+        );
+        assert_eq!(exit_and_last_line(&host, &args).await, (Some(2), line));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_kubelet_socket_is_warned_about_naming_the_dir_and_still_awaited() {
+    let host = TestHost::new(&fixture::seed_amd());
+    let dir = host.dir.path().join("not-the-kubelet-dir");
+    let mut args = args_with_device_plugin_dir(&host, &dir);
+    args.push("--kubelet-wait-warning=200ms".into());
+    let plugin = PluginProcess::spawn(&args, host.dir.path().join("plugin.log"));
+    let warning = format!(
+        "no kubelet.sock in the device plugin directory yet; check that --device-plugin-dir is the kubelet's device-plugins directory (kubeletRootDir in the chart); still waiting dir={} waited=200ms",
+        dir.display()
+    );
+    guarded("the kubelet wait warning", async {
+        while !plugin.log_text().contains(&warning) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(dir.is_dir());
+    // Still waiting: a kubelet that shows up now gets the registration.
+    let mut kubelet = FakeKubelet::start(&dir);
+    assert_eq!(kubelet.next_registration().await.resource_name, "amd.com/gpu-74a1-hbm");
+    assert_eq!(plugin.log_text().matches("no kubelet.sock").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_discovery_failure_keeps_the_resource_with_its_devices_unhealthy() {
+    let host = TestHost::new(&fixture::seed_amd_2gpu());
+    let Serving {
+        mut kubelet,
+        plugin,
+        client: _client,
+        mut watch,
+    } = Serving::start(&host, &host.args()).await;
+
+    // sys/bus/pci/devices cannot be listed for a while.
+    let devices = host.root.join("sys/bus/pci/devices");
+    let away = host.root.join("sys/bus/pci/devices.away");
+    std::fs::rename(&devices, &away).unwrap();
+    std::fs::write(&devices, "").unwrap();
+    let update = watch
+        .until("both devices unhealthy", |u| {
+            u.devices.iter().all(|d| d.health == "Unhealthy")
+        })
+        .await;
+    assert_eq!(update.devices.len(), 2);
+    assert_eq!(
+        host.sockets(&host.device_plugins),
+        ["hbm-amd.com_gpu-74a1-hbm.sock", "kubelet.sock"]
+    );
+    let reason = format!(
+        "reason=discovery failed: cannot read {}: Not a directory (os error 20)",
+        devices.display()
+    );
+    assert!(plugin.log_text().contains(&reason), "{}", plugin.log_text());
+
+    std::fs::remove_file(&devices).unwrap();
+    std::fs::rename(&away, &devices).unwrap();
+    watch
+        .until("both devices healthy again", |u| {
+            u.devices.len() == 2 && u.devices.iter().all(|d| d.health == "Healthy")
+        })
+        .await;
+    assert!(
+        kubelet.pending_registrations().is_empty(),
+        "registered once, never withdrawn"
+    );
 }

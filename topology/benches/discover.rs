@@ -1,5 +1,6 @@
 //! Discovery cost: each fixture host, the real corpus snapshots, and generated trees with
-//! 2,500 / 5,000 / 10,000 PCI functions over 64 NUMA nodes (to show cost is linear in devices).
+//! 2,500 / 5,000 / 10,000 PCI functions over 64 NUMA nodes (to show cost is linear in devices;
+//! the generated trees hold `proc/bus/pci/devices`, so only the GPUs' `class` files are read).
 //!
 //! cargo bench -p topology --bench discover -- --warm-up-time 1 --measurement-time 3
 
@@ -91,7 +92,8 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("generated_{devices}_pci_64_nodes"), |b| {
             b.iter(|| black_box(discover(d.path(), &cfg)))
         });
-        // The floor on this machine: only reading each function's `class` file, nothing else.
+        // What discovery cost before it used proc/bus/pci/devices: reading every function's
+        // `class` file, nothing else.
         let classes: Vec<PathBuf> = std::fs::read_dir(d.path().join("sys/bus/pci/devices"))
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("class")).collect())
             .unwrap_or_default();

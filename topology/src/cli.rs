@@ -32,14 +32,15 @@ pub fn discover_output(args: &DiscoverArgs) -> Result<String, (u8, String)> {
         Some(p) => DiscoveryConfig::load(p).map_err(|e| (EXIT_USAGE, one_line(format!("discover: {e}"))))?,
         None => DiscoveryConfig::default(),
     };
-    let inv = discover(&args.sysfs_root, &config).map_err(|e| (EXIT_USAGE, one_line(format!("discover: {e}"))))?;
+    let inv = discover(&args.sysfs_root, &config).map_err(|e| (e.exit_code(), one_line(format!("discover: {e}"))))?;
     for w in &inv.warnings {
         tracing::debug!(root = %args.sysfs_root.display(), warning = %w, "discovery warning");
     }
     Ok(if args.json { inv.to_json() } else { render_table(&inv) })
 }
 
-/// Runs `discover`: the table (or JSON) on stdout and exit 0, or one line on stderr and exit 2.
+/// Runs `discover`: the table (or JSON) on stdout and exit 0, or one line on stderr and exit 2
+/// (bad root or config) or 1 (a folder discovery needs could not be read).
 pub fn run_discover(args: &DiscoverArgs) -> ExitCode {
     match discover_output(args) {
         Ok(out) => {

@@ -49,6 +49,9 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+/// Largest config file read, in bytes (the shipped ones are a few hundred).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// A config file as the binaries write it: `discovery:` plus other sections this crate ignores.
 #[derive(Deserialize)]
 struct ConfigFile {
@@ -74,9 +77,13 @@ impl DiscoveryConfig {
     /// Loads [`DiscoveryConfig::from_yaml`] from a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = crate::sysfs::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: origin.clone(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
+            path: origin.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         Self::from_yaml(&text, &origin)
     }

@@ -358,42 +358,17 @@ fn to_region(
     soft: &[(u64, u64)],
     sr_names: &[String],
 ) -> Region {
-    let mut problems = c.problems;
+    let mut problems = c.problems.clone();
     let dev: Option<&DaxDevice> = c.dax.and_then(|i| facts.dax.devices.get(i));
-    // A node-level region picks up the dax device when exactly one Soft Reserved device targets it.
-    let attached: Option<&DaxDevice> = dev.or_else(|| {
-        let n = c.host_node?;
-        let mut it = facts
-            .dax
-            .devices
-            .iter()
-            .filter(|d| d.target_node == Some(n) && d.origin.is_specific_purpose());
-        let first = it.next()?;
-        it.next().is_none().then_some(first)
-    });
-    let id = match (dev, &c.missing_dax, c.host_node) {
-        (Some(d), _, _) => format!("{}/{}", c.gpu, d.name),
-        (None, Some(name), _) => format!("{}/{name}", c.gpu),
-        (None, None, Some(n)) => format!("{}/node{n}", c.gpu),
-        (None, None, None) => format!("{}/unknown", c.gpu),
-    };
+    let attached = dev.or_else(|| only_spm_dax_of(facts, c.host_node));
     let size = c.size.unwrap_or(0);
     if let Some(d) = dev {
-        let dpath = fs.path(&format!("sys/bus/dax/devices/{}", d.name));
-        match &d.size {
-            Err(e) => problems.push(format!("{e} (dax device gone or unreadable)")),
-            Ok(0) => problems.push(format!("{}/size: 0 bytes", dpath.display())),
-            Ok(s) => {
-                if let Some(m) = d.mapped_bytes.filter(|m| m != s) {
-                    problems.push(format!(
-                        "{}/mapping*: ranges cover {m} bytes but size says {s}",
-                        dpath.display()
-                    ));
-                }
-            }
-        }
+        dax_problems(fs, d, &mut problems);
     } else if c.missing_dax.is_none() && size == 0 && problems.is_empty() {
         problems.push("size unknown (0 bytes)".to_string());
+    }
+    if let Some(n) = c.host_node {
+        node_problems(fs, facts, &c, n, dev.is_some(), attached.is_some(), &mut problems);
     }
     let online = match (dev, c.host_node) {
         (Some(d), _) => d.driver.as_deref() == Some("kmem"),
@@ -402,44 +377,13 @@ fn to_region(
         }
         (None, None) => false,
     };
-    if let Some(n) = c.host_node {
-        let nodes_dir = fs.path(NODE_DIR);
-        if !facts.nodes.in_range(n) {
-            problems.push(format!("node {n} is out of range ({}/possible)", nodes_dir.display()));
-        } else if dev.is_none() && !facts.nodes.is_online(n) {
-            problems.push(format!("node {n} is not online ({}/online)", nodes_dir.display()));
-        }
-        if dev.is_none()
-            && let Some(m) = facts.nodes.mem_total(n)
-        {
-            if size > 0 && m > size {
-                problems.push(format!(
-                    "{}/node{n}/meminfo: MemTotal {m} bytes exceeds the region size {size}",
-                    nodes_dir.display()
-                ));
-            }
-            if m == 0 && attached.is_none() && c.nvidia_online.is_none() {
-                problems.push(format!(
-                    "{}/node{n}/meminfo: MemTotal 0 and no dax device reaches node {n}: the memory is not usable",
-                    nodes_dir.display()
-                ));
-            }
-            if c.nvidia_online == Some(true) && m == 0 {
-                problems.push(format!(
-                    "{}/node{n}/meminfo: MemTotal 0 though numa_status says online",
-                    nodes_dir.display()
-                ));
-            }
-        }
-    }
     let spm = attached.is_some_and(|d| d.origin.is_specific_purpose())
         || c.srat_spm
         || c.base.is_some_and(|b| overlaps(soft, b, size.max(1)))
         || attached.is_some_and(|d| sr_names.iter().any(|n| n == &d.name));
-    let cpu_node = c.host_node.and_then(|n| nearest_cpu(&facts.nodes, n, gpu_cpu_node));
     let healthy = problems.is_empty();
     Region {
-        id,
+        id: region_id(&c, dev),
         gpu: c.gpu,
         host_node: c.host_node,
         size_bytes: size,
@@ -449,9 +393,94 @@ fn to_region(
         dax_align: attached.and_then(|d| d.align),
         base: c.base,
         online,
-        cpu_node,
+        cpu_node: c.host_node.and_then(|n| nearest_cpu(&facts.nodes, n, gpu_cpu_node)),
         health: if healthy { Health::Healthy } else { Health::Unhealthy },
         reason: (!healthy).then(|| problems.join("; ")),
+    }
+}
+
+/// A node-level region picks up the dax device when exactly one Soft Reserved device targets
+/// its node.
+fn only_spm_dax_of(facts: &Facts, node: Option<u32>) -> Option<&DaxDevice> {
+    let node = node?;
+    let mut targeting = facts
+        .dax
+        .devices
+        .iter()
+        .filter(|d| d.target_node == Some(node) && d.origin.is_specific_purpose());
+    let first = targeting.next()?;
+    targeting.next().is_none().then_some(first)
+}
+
+/// `<gpu>/<daxX.Y>` for a dax region (also a configured one that is absent), else
+/// `<gpu>/node<N>`.
+fn region_id(c: &Claim, dev: Option<&DaxDevice>) -> String {
+    match (dev, &c.missing_dax, c.host_node) {
+        (Some(d), _, _) => format!("{}/{}", c.gpu, d.name),
+        (None, Some(name), _) => format!("{}/{name}", c.gpu),
+        (None, None, Some(n)) => format!("{}/node{n}", c.gpu),
+        (None, None, None) => format!("{}/unknown", c.gpu),
+    }
+}
+
+/// What is wrong with a dax region's device: size unreadable or 0, mappings not adding up.
+fn dax_problems(fs: &Sysfs, d: &DaxDevice, problems: &mut Vec<String>) {
+    let dpath = fs.path(&format!("sys/bus/dax/devices/{}", d.name));
+    match &d.size {
+        Err(e) => problems.push(format!("{e} (dax device gone or unreadable)")),
+        Ok(0) => problems.push(format!("{}/size: 0 bytes", dpath.display())),
+        Ok(s) => {
+            if let Some(m) = d.mapped_bytes.filter(|m| m != s) {
+                problems.push(format!(
+                    "{}/mapping*: ranges cover {m} bytes but size says {s}",
+                    dpath.display()
+                ));
+            }
+        }
+    }
+}
+
+/// What is wrong with the region's node `n`: out of range, offline (node regions), MemTotal
+/// larger than the region, or memory neither online nor reachable through a dax device.
+fn node_problems(
+    fs: &Sysfs,
+    facts: &Facts,
+    c: &Claim,
+    n: u32,
+    dax_region: bool,
+    dax_attached: bool,
+    problems: &mut Vec<String>,
+) {
+    let nodes_dir = fs.path(NODE_DIR);
+    let size = c.size.unwrap_or(0);
+    if !facts.nodes.in_range(n) {
+        problems.push(format!("node {n} is out of range ({}/possible)", nodes_dir.display()));
+    } else if !dax_region && !facts.nodes.is_online(n) {
+        problems.push(format!("node {n} is not online ({}/online)", nodes_dir.display()));
+    }
+    if dax_region {
+        return;
+    }
+    let Some(m) = facts.nodes.mem_total(n) else {
+        return;
+    };
+    if size > 0 && m > size {
+        problems.push(format!(
+            "{}/node{n}/meminfo: MemTotal {m} bytes exceeds the region size {size}",
+            nodes_dir.display()
+        ));
+    }
+    if m == 0 && !dax_attached && c.nvidia_online.is_none() {
+        problems.push(format!(
+            "{}/node{n}/meminfo: MemTotal 0 and no dax device reaches node {n}: the memory is not usable",
+            nodes_dir.display()
+        ));
+    }
+    if c.nvidia_online == Some(true) && m == 0 {
+        problems.push(format!(
+            "{}/node{n}/meminfo: MemTotal 0 though numa_status says online",
+            nodes_dir.display()
+        ));
     }
 }
 

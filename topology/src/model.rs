@@ -163,9 +163,13 @@ impl Inventory {
         self.gpus.iter().find(|g| g.address == address)
     }
 
-    /// Parses a `discover --json` document.
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+    /// Parses a `discover --json` document and checks it fully ([`crate::validate::check`]):
+    /// schema version, unique GPU addresses and region ids, hex ids, `dax` a `/dev/daxN.M` path,
+    /// `dax_align` a power of two, a healthy region's size > 0 and GPU present.
+    pub fn from_json(text: &str) -> Result<Self, crate::validate::InventoryError> {
+        let inventory: Self = serde_json::from_str(text)?;
+        crate::validate::check(&inventory)?;
+        Ok(inventory)
     }
 
     /// The `discover --json` document (pretty-printed, trailing newline).

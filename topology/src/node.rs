@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::sysfs::{Sysfs, parse_list};
+use crate::sysfs::{ListError, Sysfs, cut, parse_list};
 
 pub(crate) const NODE_DIR: &str = "sys/devices/system/node";
 
@@ -185,51 +185,54 @@ pub fn scan(fs: &Sysfs) -> NodeTable {
     t.has_generic_initiator =
         read_list_or_warn(fs, &format!("{NODE_DIR}/has_generic_initiator"), &mut w).unwrap_or_default();
     for id in dirs {
-        let dir = format!("{NODE_DIR}/node{id}");
-        let mut n = NodeInfo {
-            id,
-            ..Default::default()
-        };
-        match fs.read_value(&format!("{dir}/cpulist")) {
-            Ok(v) => match parse_list(&v) {
-                Some(c) => {
-                    n.cpus = c;
-                    n.cpulist = v;
-                }
-                None => w.push(format!("{}/cpulist: {v:?} is not a cpulist", fs.path(&dir).display())),
-            },
-            Err(e) if e.is_missing() => {}
-            Err(e) => w.push(e.to_string()),
-        }
-        match fs.read_text(&format!("{dir}/meminfo")) {
-            Ok(text) => match parse_mem_total(&text) {
-                Some(b) => n.mem_total_bytes = Some(b),
-                None => w.push(format!(
-                    "{}/meminfo: no readable MemTotal line",
-                    fs.path(&dir).display()
-                )),
-            },
-            Err(e) if e.is_missing() => {}
-            Err(e) => w.push(e.to_string()),
-        }
-        match fs.read_value(&format!("{dir}/distance")) {
-            Ok(v) => {
-                let parsed: Option<Vec<u32>> = v.split_whitespace().map(|d| d.parse().ok()).collect();
-                match parsed {
-                    Some(d) => n.distances = d,
-                    None => w.push(format!(
-                        "{}/distance: {v:?} is not a list of numbers",
-                        fs.path(&dir).display()
-                    )),
-                }
-            }
-            Err(e) if e.is_missing() => {}
-            Err(e) => w.push(e.to_string()),
-        }
-        n.access0 = read_access(fs, &format!("{dir}/access0"));
-        n.access1 = read_access(fs, &format!("{dir}/access1"));
-        t.nodes.insert(id, n);
+        t.nodes.insert(id, read_node(fs, id, &mut w));
     }
     t.warnings = w;
     t
+}
+
+/// One `nodeN` folder: `cpulist`, `meminfo`, `distance`, `access0`/`access1`. Missing files leave
+/// the field empty; unreadable or garbled ones add a warning naming the file.
+fn read_node(fs: &Sysfs, id: u32, warnings: &mut Vec<String>) -> NodeInfo {
+    let dir = format!("{NODE_DIR}/node{id}");
+    let mut node = NodeInfo {
+        id,
+        ..Default::default()
+    };
+    let file = |name: &str| format!("{}/{name}", fs.path(&dir).display());
+    match fs.read_value(&format!("{dir}/cpulist")) {
+        Ok(text) => match parse_list(&text) {
+            Ok(cpus) => {
+                node.cpus = cpus;
+                node.cpulist = text;
+            }
+            Err(ListError::Syntax) => warnings.push(format!("{}: {:?} is not a cpulist", file("cpulist"), cut(&text))),
+            Err(error) => warnings.push(format!("{}: {error}", file("cpulist"))),
+        },
+        Err(e) if e.is_missing() => {}
+        Err(e) => warnings.push(e.to_string()),
+    }
+    match fs.read_text(&format!("{dir}/meminfo")) {
+        Ok(text) => match parse_mem_total(&text) {
+            Some(bytes) => node.mem_total_bytes = Some(bytes),
+            None => warnings.push(format!("{}: no readable MemTotal line", file("meminfo"))),
+        },
+        Err(e) if e.is_missing() => {}
+        Err(e) => warnings.push(e.to_string()),
+    }
+    match fs.read_value(&format!("{dir}/distance")) {
+        Ok(text) => match text.split_whitespace().map(|d| d.parse().ok()).collect() {
+            Some(distances) => node.distances = distances,
+            None => warnings.push(format!(
+                "{}: {:?} is not a list of numbers",
+                file("distance"),
+                cut(&text)
+            )),
+        },
+        Err(e) if e.is_missing() => {}
+        Err(e) => warnings.push(e.to_string()),
+    }
+    node.access0 = read_access(fs, &format!("{dir}/access0"));
+    node.access1 = read_access(fs, &format!("{dir}/access1"));
+    node
 }

@@ -1,11 +1,26 @@
 //! PCI functions from `sys/bus/pci/devices/<addr>/{class,vendor,device,numa_node,local_cpulist,
 //! local_cpus,driver,iommu_group}`. Only GPU-like functions (class 0x03xxxx display, 0x1200xx
 //! processing accelerator) are read past `class`, which keeps a 10,000-device scan cheap.
+//!
+//! When `proc/bus/pci/devices` is there, one read of it gives every function's vendor, and
+//! `class` is opened only for functions of a [`GPU_VENDORS`] vendor and for configured GPUs: a
+//! host's NVMe drives, NICs and bridges cost no syscall. Without it (some containers, snapshots)
+//! every function's `class` is read.
 
 use crate::PciAddress;
-use crate::sysfs::{Sysfs, SysfsError, parse_cpumask, parse_hex, parse_list};
+use crate::sysfs::{ListError, Sysfs, SysfsError, cut, parse_cpumask, parse_hex, parse_list};
 
 const DEVICES: &str = "sys/bus/pci/devices";
+/// One line per function: `BBDF\tVVVVDDDD\t...` (bus, devfn, vendor, device; no domain).
+const PROC_DEVICES: &str = "proc/bus/pci/devices";
+
+/// Vendors whose functions may be GPUs (class 0x03xxxx or 0x1200xx): AMD/ATI, NVIDIA, Intel,
+/// Habana, Huawei, the server BMC display vendors ASPEED and Matrox, and the display devices of
+/// virtual machines (QEMU, Red Hat/virtio, VMware). With `proc/bus/pci/devices` present, a GPU
+/// of another vendor is found only when `discovery.gpus` names it.
+pub const GPU_VENDORS: &[u16] = &[
+    0x1002, 0x10de, 0x8086, 0x1da3, 0x19e5, 0x1a03, 0x102b, 0x1234, 0x1b36, 0x1af4, 0x15ad,
+];
 
 /// A GPU-like PCI function as sysfs shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,19 +50,18 @@ pub fn is_gpu_class(class: u32) -> bool {
     (class >> 16) == 0x03 || (class >> 8) == 0x1200
 }
 
-/// Reads every PCI function under the root. A missing `sys/bus/pci/devices` is an empty scan.
-pub fn scan(fs: &Sysfs) -> PciScan {
+/// Reads every PCI function under the root (`configured`: GPUs named by the config, whose
+/// `class` is always read). A missing `sys/bus/pci/devices` is an empty scan; a folder that
+/// cannot be listed is an error (an empty scan would report every GPU gone).
+pub fn scan(fs: &Sysfs, configured: &[PciAddress]) -> Result<PciScan, SysfsError> {
     let mut out = PciScan::default();
     let names = match fs.list_dir(DEVICES) {
         Ok(n) => n,
-        Err(e) if e.is_missing() => return out,
-        Err(e) => {
-            out.warnings.push(format!("PCI devices not scanned: {e}"));
-            return out;
-        }
+        Err(e) if e.is_missing() => return Ok(out),
+        Err(e) => return Err(e),
     };
-    let classes = read_classes(fs, &names);
-    for (name, class) in names.into_iter().zip(classes) {
+    let vendors = VendorMap::read(fs);
+    for name in names {
         let Ok(address) = PciAddress::parse(&name) else {
             out.warnings.push(format!(
                 "{}/{name}: not a PCI address, skipped",
@@ -56,8 +70,11 @@ pub fn scan(fs: &Sysfs) -> PciScan {
             continue;
         };
         out.present.push(address);
+        if !configured.contains(&address) && vendors.as_ref().is_some_and(|map| !map.may_be_gpu(address)) {
+            continue;
+        }
         let base = format!("{DEVICES}/{name}");
-        let class = match class {
+        let class = match fs.read_value(&format!("{base}/class")) {
             Ok(v) => v,
             // A function that vanished between listing and reading, or a dangling link.
             Err(e) if e.is_missing() => continue,
@@ -79,15 +96,54 @@ pub fn scan(fs: &Sysfs) -> PciScan {
         out.gpus
             .push(read_gpu(fs, &base, address, class_code as u32, &mut out.warnings));
     }
-    out
+    Ok(out)
 }
 
-/// Reads every function's `class` (the scan is bound by these open/read/close syscalls).
-fn read_classes(fs: &Sysfs, names: &[String]) -> Vec<Result<String, SysfsError>> {
-    names
-        .iter()
-        .map(|n| fs.read_value(&format!("{DEVICES}/{n}/class")))
-        .collect()
+/// What `proc/bus/pci/devices` says about each (bus, devfn): no function there, only functions
+/// of other vendors, or a function of a [`GPU_VENDORS`] vendor (in some PCI domain: the file
+/// does not name domains, so a (bus, devfn) counts as a candidate when any domain's is one).
+struct VendorMap {
+    /// Indexed by `bus << 8 | devfn`.
+    seen: Vec<Seen>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Absent,
+    OtherVendors,
+    Candidate,
+}
+
+impl VendorMap {
+    /// `None` when the file is absent, unreadable or not in the expected form (every `class` is
+    /// read then).
+    fn read(fs: &Sysfs) -> Option<Self> {
+        let text = fs.read_text(PROC_DEVICES).ok()?;
+        let mut seen = vec![Seen::Absent; 1 << 16];
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let mut fields = line.split('\t');
+            let (Some(slot), Some(ids)) = (fields.next(), fields.next()) else {
+                return None;
+            };
+            let slot = u16::from_str_radix(slot, 16).ok().filter(|_| slot.len() == 4)?;
+            let ids = u32::from_str_radix(ids, 16).ok().filter(|_| ids.len() == 8)?;
+            let vendor = (ids >> 16) as u16;
+            let entry = &mut seen[usize::from(slot)];
+            if GPU_VENDORS.contains(&vendor) {
+                *entry = Seen::Candidate;
+            } else if *entry == Seen::Absent {
+                *entry = Seen::OtherVendors;
+            }
+        }
+        Some(Self { seen })
+    }
+
+    /// Whether the function at `address` needs its `class` read: a candidate vendor, or not
+    /// listed (added since, or the file is stale).
+    fn may_be_gpu(&self, address: PciAddress) -> bool {
+        let slot = usize::from(address.bus) << 8 | usize::from(address.devfn());
+        self.seen[slot] != Seen::OtherVendors
+    }
 }
 
 fn hex_id(fs: &Sysfs, rel: &str, warnings: &mut Vec<String>) -> String {
@@ -141,11 +197,12 @@ fn read_gpu(fs: &Sysfs, base: &str, address: PciAddress, class: u32, warnings: &
         }
     };
     let local_cpus = match fs.read_value(&format!("{base}/local_cpulist")) {
-        Ok(v) => parse_list(&v).unwrap_or_else(|| {
-            warnings.push(format!(
-                "{}/local_cpulist: {v:?} is not a cpulist",
-                fs.path(base).display()
-            ));
+        Ok(v) => parse_list(&v).unwrap_or_else(|error| {
+            let file = format!("{}/local_cpulist", fs.path(base).display());
+            warnings.push(match error {
+                ListError::Syntax => format!("{file}: {:?} is not a cpulist", cut(&v)),
+                ListError::TooMany => format!("{file}: {error}"),
+            });
             Vec::new()
         }),
         Err(_) => match fs.read_value(&format!("{base}/local_cpus")) {

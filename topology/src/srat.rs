@@ -138,6 +138,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Parses and checks an SRAT image.
 pub fn parse(bytes: &[u8]) -> Result<Srat, SratError> {
+    let table = checked_table(bytes)?;
+    let mut srat = Srat::default();
+    // Processor and initiator PXMs in order of first sight, for the kernel's numbering.
+    let mut first_pass: Vec<u32> = Vec::new();
+    let mut offset = 48;
+    while offset < table.len() {
+        let entry = subtable_at(table, offset)?;
+        read_subtable(entry, offset, &mut srat, &mut first_pass)?;
+        offset += entry.len();
+    }
+    srat.pxm_to_node = number_nodes(&first_pass, &srat.memory);
+    Ok(srat)
+}
+
+/// The table part of `bytes` after the header checks (length, signature, checksum).
+fn checked_table(bytes: &[u8]) -> Result<&[u8], SratError> {
     if bytes.len() < 48 {
         return Err(SratError::TooShort(bytes.len()));
     }
@@ -156,115 +172,113 @@ pub fn parse(bytes: &[u8]) -> Result<Srat, SratError> {
     if sum != 0 {
         return Err(SratError::Checksum(sum));
     }
-    let mut s = Srat::default();
-    // Order of first sight for the processor/initiator pass.
-    let mut first_pass: Vec<u32> = Vec::new();
-    let mut off = 48;
-    while off < table.len() {
-        if off + 2 > table.len() {
-            return Err(SratError::BadSubtable {
-                offset: off,
-                kind: table[off],
-                length: table.len() - off,
-            });
-        }
-        let kind = table[off];
-        let len = table[off + 1] as usize;
-        if len < 2 || off + len > table.len() {
-            return Err(SratError::BadSubtable {
-                offset: off,
+    Ok(table)
+}
+
+/// The subtable starting at `offset`, its length checked against the table.
+fn subtable_at(table: &[u8], offset: usize) -> Result<&[u8], SratError> {
+    if offset + 2 > table.len() {
+        return Err(SratError::BadSubtable {
+            offset,
+            kind: table[offset],
+            length: table.len() - offset,
+        });
+    }
+    let kind = table[offset];
+    let length = table[offset + 1] as usize;
+    if length < 2 || offset + length > table.len() {
+        return Err(SratError::BadSubtable { offset, kind, length });
+    }
+    Ok(&table[offset..offset + length])
+}
+
+/// Records one subtable (`entry`, found at `offset`) in `srat`; enabled processor and initiator
+/// PXMs also go to `first_pass`. Unknown types are skipped.
+fn read_subtable(entry: &[u8], offset: usize, srat: &mut Srat, first_pass: &mut Vec<u32>) -> Result<(), SratError> {
+    let kind = entry[0];
+    let need = |min: usize| {
+        if entry.len() < min {
+            Err(SratError::BadSubtable {
+                offset,
                 kind,
-                length: len,
+                length: entry.len(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    // (PXM, flags) of the processor entries (types 0, 2, 3, 7); flags bit 0 is "enabled".
+    let processor = match kind {
+        0 => {
+            need(16)?;
+            let pxm = u32::from(entry[2])
+                | (u32::from(entry[9]) << 8)
+                | (u32::from(entry[10]) << 16)
+                | (u32::from(entry[11]) << 24);
+            Some((pxm, u32_at(entry, 4)))
+        }
+        2 => need(24).map(|()| Some((u32_at(entry, 4), u32_at(entry, 12))))?,
+        3 => need(18).map(|()| Some((u32_at(entry, 2), u32_at(entry, 10))))?,
+        7 => need(12).map(|()| Some((u32_at(entry, 4), u32_at(entry, 8))))?,
+        _ => None,
+    };
+    if let Some((pxm, flags)) = processor {
+        if flags & 1 != 0 {
+            srat.processor_pxms.push(pxm);
+            first_pass.push(pxm);
+        }
+        return Ok(());
+    }
+    match kind {
+        1 => {
+            need(40)?;
+            srat.memory.push(MemoryAffinity {
+                pxm: u32_at(entry, 2),
+                base: u64_at(entry, 8),
+                length: u64_at(entry, 16),
+                flags: u32_at(entry, 28),
             });
         }
-        let e = &table[off..off + len];
-        let need = |n: usize| {
-            if len < n {
-                Err(SratError::BadSubtable {
-                    offset: off,
-                    kind,
-                    length: len,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        match kind {
-            0 => {
-                need(16)?;
-                let pxm =
-                    u32::from(e[2]) | (u32::from(e[9]) << 8) | (u32::from(e[10]) << 16) | (u32::from(e[11]) << 24);
-                if u32_at(e, 4) & 1 != 0 {
-                    s.processor_pxms.push(pxm);
-                    first_pass.push(pxm);
-                }
-            }
-            1 => {
-                need(40)?;
-                s.memory.push(MemoryAffinity {
-                    pxm: u32_at(e, 2),
-                    base: u64_at(e, 8),
-                    length: u64_at(e, 16),
-                    flags: u32_at(e, 28),
-                });
-            }
-            2 => {
-                need(24)?;
-                if u32_at(e, 12) & 1 != 0 {
-                    s.processor_pxms.push(u32_at(e, 4));
-                    first_pass.push(u32_at(e, 4));
-                }
-            }
-            3 => {
-                need(18)?;
-                if u32_at(e, 10) & 1 != 0 {
-                    s.processor_pxms.push(u32_at(e, 2));
-                    first_pass.push(u32_at(e, 2));
-                }
-            }
-            7 => {
-                need(12)?;
-                if u32_at(e, 8) & 1 != 0 {
-                    s.processor_pxms.push(u32_at(e, 4));
-                    first_pass.push(u32_at(e, 4));
-                }
-            }
-            5 | 6 => {
-                need(28)?;
-                let pxm = u32_at(e, 4);
-                let enabled = u32_at(e, 24) & 1 != 0;
-                if kind == 5 && enabled {
-                    first_pass.push(pxm);
-                }
-                if e[3] == 1 {
-                    s.initiators.push(GenericInitiator {
-                        pxm,
-                        segment: u16::from_le_bytes([e[8], e[9]]),
-                        handle_bytes: [e[10], e[11]],
-                        enabled,
-                        port: kind == 6,
-                    });
-                }
-            }
-            _ => {}
+        5 | 6 => {
+            need(28)?;
+            read_initiator(entry, srat, first_pass);
         }
-        off += len;
+        _ => {}
     }
-    let mut next = 0u32;
-    let mut assign = |pxm: u32, map: &mut BTreeMap<u32, u32>| {
-        if map.contains_key(&pxm) || next >= MAX_NUMNODES {
-            return;
+    Ok(())
+}
+
+/// A Generic Initiator (type 5) or Generic Port (type 6) entry of at least 28 bytes.
+fn read_initiator(entry: &[u8], srat: &mut Srat, first_pass: &mut Vec<u32>) {
+    let kind = entry[0];
+    let pxm = u32_at(entry, 4);
+    let enabled = u32_at(entry, 24) & 1 != 0;
+    if kind == 5 && enabled {
+        first_pass.push(pxm);
+    }
+    if entry[3] == 1 {
+        srat.initiators.push(GenericInitiator {
+            pxm,
+            segment: u16::from_le_bytes([entry[8], entry[9]]),
+            handle_bytes: [entry[10], entry[11]],
+            enabled,
+            port: kind == 6,
+        });
+    }
+}
+
+/// PXM -> node as Linux numbers them: processor/initiator PXMs first, then enabled memory.
+fn number_nodes(first_pass: &[u32], memory: &[MemoryAffinity]) -> BTreeMap<u32, u32> {
+    let mut map = BTreeMap::new();
+    let enabled_memory = memory.iter().filter(|m| m.enabled()).map(|m| m.pxm);
+    for pxm in first_pass.iter().copied().chain(enabled_memory) {
+        if map.len() as u32 >= MAX_NUMNODES {
+            break;
         }
-        map.insert(pxm, next);
-        next += 1;
-    };
-    for pxm in first_pass {
-        assign(pxm, &mut s.pxm_to_node);
+        let next = map.len() as u32;
+        map.entry(pxm).or_insert(next);
     }
-    for m in s.memory.iter().filter(|m| m.enabled()) {
-        assign(m.pxm, &mut s.pxm_to_node);
-    }
-    Ok(s)
+    map
 }
 
 #[cfg(test)]

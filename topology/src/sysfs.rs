@@ -1,13 +1,20 @@
 //! A reader rooted at a sysfs/procfs root (`/` on a host, a fixture tree in tests): paths are
 //! given relative to the root (`sys/bus/pci/devices`), reads are typed, and every error names
-//! the file it concerns.
+//! the file it concerns. Only regular files are read ([`open_regular`]): a FIFO, device node or
+//! directory where a file is expected is an error naming the path, never a hang.
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest id accepted in a cpulist/nodelist (guards against `0-4294967295` blowing up memory).
 pub const MAX_LIST_ID: u32 = 65_535;
+
+/// Most ids one cpulist/nodelist may name in total, counting repeats (a list naming every
+/// possible id once names 65,536). Guards against `0-65535,` repeated: each range is fine on its
+/// own, together they would expand to hundreds of megabytes.
+pub const MAX_LIST_IDS: u64 = MAX_LIST_ID as u64 + 1;
 
 /// Largest file read, in bytes (sysfs attributes are a page; `/proc/iomem` and SRAT are small).
 const MAX_READ: u64 = 16 << 20;
@@ -19,6 +26,8 @@ pub enum SysfsError {
     Missing { path: PathBuf },
     #[error("{path}: unreadable: {source}")]
     Unreadable { path: PathBuf, source: io::Error },
+    #[error("{path}: {why}")]
+    Refused { path: PathBuf, why: String },
     #[error("{path}: {value:?} is not {expected}")]
     Garbage {
         path: PathBuf,
@@ -31,9 +40,10 @@ impl SysfsError {
     /// The file the error concerns.
     pub fn path(&self) -> &Path {
         match self {
-            SysfsError::Missing { path } | SysfsError::Unreadable { path, .. } | SysfsError::Garbage { path, .. } => {
-                path
-            }
+            SysfsError::Missing { path }
+            | SysfsError::Unreadable { path, .. }
+            | SysfsError::Refused { path, .. }
+            | SysfsError::Garbage { path, .. } => path,
         }
     }
 
@@ -78,10 +88,12 @@ impl Sysfs {
         self.path(rel).exists()
     }
 
-    /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so a
-    /// short first read ends the file without a second syscall.
+    /// Raw bytes of `rel` (at most 16 MiB). Sysfs attributes come in one read of a page, so
+    /// under `sys/` a short first read ends the file without a second syscall; procfs files
+    /// (`proc/iomem`, `proc/bus/pci/devices`) hand out whole lines per read and are read to the
+    /// end.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
-        let mut f = fs::File::open(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
+        let mut f = open_regular(&self.path(rel)).map_err(|e| self.io_error(rel, e))?;
         let mut page = [0u8; 4096];
         let n = loop {
             match f.read(&mut page) {
@@ -91,7 +103,8 @@ impl Sysfs {
             }
         };
         let mut buf = page[..n].to_vec();
-        if n == page.len() {
+        let one_read = rel.starts_with("sys/") && n < page.len();
+        if n > 0 && !one_read {
             f.take(MAX_READ)
                 .read_to_end(&mut buf)
                 .map_err(|e| self.io_error(rel, e))?;
@@ -116,18 +129,9 @@ impl Sysfs {
     }
 
     fn garbage(&self, rel: &str, value: &str, expected: &'static str) -> SysfsError {
-        let mut value = value.to_string();
-        if value.len() > 64 {
-            let mut cut = 64;
-            while !value.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            value.truncate(cut);
-            value.push('…');
-        }
         SysfsError::Garbage {
             path: self.path(rel),
-            value,
+            value: cut(value),
             expected,
         }
     }
@@ -158,7 +162,13 @@ impl Sysfs {
     /// A cpulist/nodelist (`0-3,8`); empty text is an empty list.
     pub fn read_list(&self, rel: &str) -> Result<Vec<u32>, SysfsError> {
         let v = self.read_value(rel)?;
-        parse_list(&v).ok_or_else(|| self.garbage(rel, &v, "a list like 0-3,8"))
+        parse_list(&v).map_err(|error| match error {
+            ListError::Syntax => self.garbage(rel, &v, "a list like 0-3,8"),
+            ListError::TooMany => SysfsError::Refused {
+                path: self.path(rel),
+                why: error.to_string(),
+            },
+        })
     }
 
     /// The last component of the link `rel` points at (`driver` -> `vfio-pci`); `Ok(None)` when
@@ -194,6 +204,54 @@ impl Sysfs {
     }
 }
 
+/// Opens `path` for reading when it is a regular file. The open does not wait (`O_NONBLOCK`: a
+/// FIFO opens without a writer) and the opened file's own type is checked, so a FIFO, device
+/// node or directory is refused with [`io::ErrorKind::InvalidInput`] instead of hanging the
+/// caller or streaming without end.
+pub fn open_regular(path: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}, not a regular file; only regular files are read", describe(kind)),
+    ))
+}
+
+/// Reads the regular file `path` ([`open_regular`]) when it holds at most `limit` bytes; a
+/// larger file is refused with [`io::ErrorKind::InvalidInput`]. For config files.
+pub fn read_regular_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("larger than {limit} bytes; refused"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn describe(kind: fs::FileType) -> &'static str {
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device node"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
 /// Hex with optional `0x`/`0X` prefix.
 pub fn parse_hex(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -204,30 +262,60 @@ pub fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(digits, 16).ok()
 }
 
-/// Parses a cpulist/nodelist (`0-3,8,10-11`), ids up to [`MAX_LIST_ID`]. Sorted, deduplicated.
-pub fn parse_list(s: &str) -> Option<Vec<u32>> {
+/// Why a cpulist/nodelist was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("not a list like 0-3,8 (ids up to 65535)")]
+    Syntax,
+    #[error("names more than {MAX_LIST_IDS} ids in total (ranges repeated?); list refused")]
+    TooMany,
+}
+
+/// Parses a cpulist/nodelist (`0-3,8,10-11`), ids up to [`MAX_LIST_ID`], at most
+/// [`MAX_LIST_IDS`] named in total. Sorted, deduplicated.
+pub fn parse_list(s: &str) -> Result<Vec<u32>, ListError> {
     let s = s.trim();
     let mut out = Vec::new();
     if s.is_empty() {
-        return Some(out);
+        return Ok(out);
     }
+    let mut named = 0u64;
     for part in s.split(',') {
-        let part = part.trim();
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
-            None => {
-                let n = part.parse::<u32>().ok()?;
-                (n, n)
-            }
-        };
-        if a > b || b > MAX_LIST_ID {
-            return None;
+        let (first, last) = list_range(part.trim()).ok_or(ListError::Syntax)?;
+        named += u64::from(last - first) + 1;
+        if named > MAX_LIST_IDS {
+            return Err(ListError::TooMany);
         }
-        out.extend(a..=b);
+        out.extend(first..=last);
     }
     out.sort_unstable();
     out.dedup();
-    Some(out)
+    Ok(out)
+}
+
+/// One element of a list: `a-b` or `a`, as (first, last) with first <= last <= [`MAX_LIST_ID`].
+fn list_range(part: &str) -> Option<(u32, u32)> {
+    let (first, last) = match part.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+        None => {
+            let n = part.parse::<u32>().ok()?;
+            (n, n)
+        }
+    };
+    (first <= last && last <= MAX_LIST_ID).then_some((first, last))
+}
+
+/// `value` cut to its first 64 bytes (on a character boundary) with `…` appended when longer:
+/// what messages quote of a file's content.
+pub fn cut(value: &str) -> String {
+    if value.len() <= 64 {
+        return value.to_string();
+    }
+    let mut end = 64;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
 }
 
 /// Parses a hex CPU mask as in `local_cpus` (`ffff,00000000`, 32-bit words, most significant
@@ -265,9 +353,55 @@ mod tests {
         assert_eq!(parse_list("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
         assert_eq!(parse_list("").unwrap(), Vec::<u32>::new());
         assert_eq!(parse_list("250-255").unwrap().len(), 6);
+        assert_eq!(parse_list("0-65535").unwrap().len(), 65_536);
         for bad in ["x", "3-1", "0-4294967295", "1,,2", "-1", "1-"] {
-            assert_eq!(parse_list(bad), None, "{bad}");
+            assert_eq!(parse_list(bad), Err(ListError::Syntax), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_list_naming_more_than_65536_ids_in_total_is_refused() {
+        // 16 KB of `0-65535,` would expand to 134 million ids.
+        let repeated = "0-65535,".repeat(2048);
+        assert_eq!(parse_list(repeated.trim_end_matches(',')), Err(ListError::TooMany));
+        assert_eq!(parse_list("0-65535,0"), Err(ListError::TooMany));
+        assert_eq!(parse_list("0-65534,0").unwrap().len(), 65_535);
+    }
+
+    #[test]
+    fn cut_keeps_64_bytes_and_marks_the_cut() {
+        assert_eq!(cut("short"), "short");
+        assert_eq!(cut(&"a".repeat(100)), format!("{}…", "a".repeat(64)));
+        assert_eq!(cut(&"é".repeat(40)), format!("{}…", "é".repeat(32)));
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("class");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let err = open_regular(&fifo).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            err.to_string(),
+            "a FIFO, not a regular file; only regular files are read"
+        );
+        let err = open_regular(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a directory, not a regular file; only regular files are read"
+        );
+        let err = open_regular(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a device node, not a regular file; only regular files are read"
+        );
+        let file = dir.path().join("plain");
+        fs::write(&file, "0x120000\n").unwrap();
+        assert_eq!(read_regular_file(&file, 9).unwrap(), b"0x120000\n");
+        let err = read_regular_file(&file, 8).unwrap_err();
+        assert_eq!(err.to_string(), "larger than 8 bytes; refused");
     }
 
     #[test]

@@ -31,7 +31,9 @@ fn unusable_roots_are_errors_with_one_line() {
     ];
     for (root, why) in cases {
         let e = discover(&root, &DiscoveryConfig::default()).unwrap_err();
-        let DiscoverError::RootUnusable { why: got, .. } = &e;
+        let DiscoverError::RootUnusable { why: got, .. } = &e else {
+            panic!("{e}")
+        };
         assert!(got.starts_with(why), "{got}");
         let line = e.to_string();
         assert!(!line.contains('\n'));
@@ -388,4 +390,85 @@ fn extreme_addresses_and_lengths_do_not_overflow() {
     fixture::remove_dax_device(d.path(), "dax0.0").unwrap();
     let inv = run(d.path());
     assert_eq!(region(&inv, "0000:c1:00.0/node1").size_bytes, u64::MAX);
+}
+
+#[test]
+fn a_cpulist_naming_too_many_cpus_is_refused_with_a_warning_naming_the_file() {
+    let d = seed();
+    // 16 KB of `0-65535,`: each range is valid, together they name 134 million CPUs.
+    let amplified = "0-65535,".repeat(2048);
+    let gpu_list = d.path().join("sys/bus/pci/devices/0000:c1:00.0/local_cpulist");
+    fs::write(&gpu_list, &amplified).unwrap();
+    let node_list = d.path().join("sys/devices/system/node/node0/cpulist");
+    fs::write(&node_list, &amplified).unwrap();
+    let started = std::time::Instant::now();
+    let inv = run(d.path());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = "names more than 65536 ids in total (ranges repeated?); list refused";
+    for file in [&gpu_list, &node_list] {
+        let want = format!("{}: {refused}", file.display());
+        assert!(inv.warnings.contains(&want), "{want} not in {:#?}", inv.warnings);
+    }
+    assert_eq!(inv.nodes[0].cpus, "");
+    assert_eq!(ids(&inv), ["0000:c1:00.0/dax0.0"]);
+}
+
+#[test]
+fn fifos_where_files_are_expected_are_refused_naming_the_path_not_waited_on() {
+    let d = seed();
+    let class = d.path().join("sys/devices/pci0000:c1/0000:c1:00.0/class");
+    make_fifo(&class);
+    let iomem = d.path().join("proc/iomem");
+    make_fifo(&iomem);
+    let root = d.path().to_path_buf();
+    let inv = within_10s("discover", move || run(&root));
+    let not_regular = "unreadable: a FIFO, not a regular file; only regular files are read";
+    let want = [
+        format!(
+            "{}/sys/bus/pci/devices/0000:c1:00.0/class: {not_regular}; function skipped",
+            d.path().display()
+        ),
+        format!("{}: {not_regular}", iomem.display()),
+    ];
+    for line in &want {
+        assert!(inv.warnings.contains(line), "{line} not in {:#?}", inv.warnings);
+    }
+    assert!(inv.gpus.is_empty(), "{:?}", inv.gpus);
+}
+
+#[test]
+fn a_config_file_that_is_a_fifo_is_an_error_naming_it() {
+    let d = tempfile::TempDir::new().unwrap();
+    let config = d.path().join("hook.yaml");
+    make_fifo(&config);
+    let path = config.clone();
+    let err = within_10s("config load", move || DiscoveryConfig::load(&path)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: unreadable: a FIFO, not a regular file; only regular files are read",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn an_unlistable_pci_devices_folder_is_an_error_naming_it_not_an_empty_host() {
+    let d = seed();
+    let devices = d.path().join("sys/bus/pci/devices");
+    fs::rename(&devices, d.path().join("devices.away")).unwrap();
+    fs::write(&devices, "").unwrap();
+    let e = discover(d.path(), &DiscoveryConfig::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot read {}: Not a directory (os error 20)", devices.display())
+    );
+    assert_eq!(e.exit_code(), 1);
+    // Gone altogether (no PCI in this root) is still an empty scan.
+    fs::remove_file(&devices).unwrap();
+    assert!(run(d.path()).gpus.is_empty());
 }

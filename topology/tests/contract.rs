@@ -172,3 +172,92 @@ fn config_file_with_other_sections_is_accepted() {
     assert_eq!(inv.regions[0].dax.as_deref(), Some("/dev/dax0.0"));
     assert_eq!(inv.regions[0].source, topology::Source::Config);
 }
+
+#[test]
+fn discovery_output_of_every_preset_reads_back() {
+    for host in [
+        fixture::seed_amd(),
+        fixture::seed_amd_2gpu(),
+        fixture::grace_hopper(),
+        fixture::cxl_expander(),
+        fixture::no_hbm(),
+    ] {
+        let d = write(&host);
+        let inv = run(d.path());
+        assert_eq!(Inventory::from_json(&inv.to_json()).unwrap(), inv);
+    }
+    // An absent configured GPU is an unhealthy region whose GPU is not in gpus[]: accepted.
+    let d = write(&fixture::seed_amd());
+    let config = topology::DiscoveryConfig::from_yaml(
+        "discovery:\n  gpus:\n    - gpu: \"0000:e1:00.0\"\n      nodes: [1]\n",
+        "test.yaml",
+    )
+    .unwrap();
+    let inv = topology::discover(d.path(), &config).unwrap();
+    assert!(
+        inv.regions.iter().any(|r| r.gpu == pci("0000:e1:00.0")),
+        "{:?}",
+        inv.regions
+    );
+    assert_eq!(Inventory::from_json(&inv.to_json()).unwrap(), inv);
+}
+
+#[test]
+fn a_document_with_bad_fields_is_refused_naming_the_field() {
+    let d = write(&fixture::seed_amd_2gpu());
+    let good = run(d.path());
+    type Edit = fn(&mut Inventory);
+    let cases: [(Edit, &str); 9] = [
+        (
+            |inv| inv.regions[0].dax = Some("/dev/dax1.0,size=1;sp-mem:cell=0".into()),
+            "regions[0].dax: \"/dev/dax1.0,size=1;sp-mem:cell=0\" is not a device-dax path like /dev/dax0.0",
+        ),
+        (
+            |inv| inv.regions[1].dax = Some("dax1.0".into()),
+            "regions[1].dax: \"dax1.0\" is not a device-dax path like /dev/dax0.0",
+        ),
+        (
+            |inv| inv.regions[1].id = inv.regions[0].id.clone(),
+            "regions[1].id: \"0000:41:00.0/dax0.0\" is listed twice; region ids are unique",
+        ),
+        (
+            |inv| inv.regions[0].dax_align = Some(0),
+            "regions[0].dax_align: 0 is not a power of two greater than 0",
+        ),
+        (
+            |inv| inv.regions[0].dax_align = Some(3 << 20),
+            "regions[0].dax_align: 3145728 is not a power of two greater than 0",
+        ),
+        (
+            |inv| inv.regions[0].size_bytes = 0,
+            "regions[0].size_bytes: 0 in a healthy region",
+        ),
+        (
+            |inv| {
+                inv.gpus.remove(0);
+            },
+            "regions[0].gpu: 0000:41:00.0 is not in gpus[] (a healthy region's GPU is present)",
+        ),
+        (
+            |inv| inv.regions[0].id = "0000:c1:00.0/dax0.0".into(),
+            "regions[0].id: \"0000:c1:00.0/dax0.0\" is not <gpu>/<node or dax device> for gpu 0000:41:00.0",
+        ),
+        (
+            |inv| inv.gpus[1].vendor = "1002;x".into(),
+            "gpus[1].vendor: \"1002;x\" is not 4 lowercase hex digits",
+        ),
+    ];
+    for (edit, want) in cases {
+        let mut inv = good.clone();
+        edit(&mut inv);
+        let err = Inventory::from_json(&inv.to_json()).unwrap_err();
+        assert_eq!(err.to_string(), want);
+    }
+    let mut inv = good.clone();
+    inv.schema_version = 2;
+    let err = Inventory::from_json(&inv.to_json()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "schema_version: 2 is not 1, the version this build reads"
+    );
+}

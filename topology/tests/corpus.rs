@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use topology::{Gpu, Health, Memmap, Region, Source};
+use topology::{Gpu, Health, Memmap, Region, Source, fixture};
 
 #[test]
 fn emulated_spm_host_finds_the_dax_region_of_the_gpu() {
@@ -29,18 +29,12 @@ fn emulated_spm_host_finds_the_dax_region_of_the_gpu() {
         inv.regions,
         vec![Region {
             id: "0000:d9:00.0/dax0.0".into(),
-            gpu: pci("0000:d9:00.0"),
-            host_node: Some(2),
-            size_bytes: 512 << 20,
             source: Source::Dax,
-            memmap: Memmap::Spm,
             dax: Some("/dev/dax0.0".into()),
             dax_align: Some(2 << 20),
             base: Some(0x2000_0000),
             online: false,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..fixture::region(pci("0000:d9:00.0"), 2, 512 << 20)
         }]
     );
     let nodes: Vec<(u32, &str, u64, bool, bool)> = inv

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
 
 use common::*;
@@ -44,18 +45,12 @@ fn seed_amd_gpu_owns_its_spm_dax_region() {
         inv.regions,
         vec![Region {
             id: "0000:c1:00.0/dax0.0".into(),
-            gpu: pci("0000:c1:00.0"),
-            host_node: Some(1),
-            size_bytes: 64 * GIB,
             source: Source::Dax,
-            memmap: Memmap::Spm,
             dax: Some("/dev/dax0.0".into()),
             dax_align: Some(2 << 20),
             base: Some(0x21_0000_0000),
             online: false,
-            cpu_node: Some(0),
-            health: Health::Healthy,
-            reason: None,
+            ..fixture::region(pci("0000:c1:00.0"), 1, 64 * GIB)
         }]
     );
 }
@@ -175,7 +170,7 @@ fn committed_sample_host_equals_the_generator_output() {
         missing.is_empty() && extra.is_empty() && differ.is_empty(),
         "missing {missing:?} extra {extra:?} differ {differ:?}"
     );
-    assert_eq!(want.len(), 98);
+    assert_eq!(want.len(), 99);
 }
 
 #[test]
@@ -462,4 +457,52 @@ fn large_host_finds_one_region_per_gpu() {
             .iter()
             .all(|r| r.health == Health::Healthy && r.source == Source::Dax)
     );
+}
+
+#[test]
+fn proc_bus_pci_devices_limits_class_reads_to_gpu_vendors_and_configured_gpus() {
+    // A processing accelerator of a vendor outside GPU_VENDORS, and an NVMe drive whose `class`
+    // is garbage: with proc/bus/pci/devices neither `class` is read.
+    let other_vendor = pci("0000:e1:00.0");
+    let host = fixture::seed_amd().pci(PciFunction::gpu(other_vendor).vendor(0x1e52).device(0x401e));
+    let d = write(&host);
+    fs::write(d.path().join("sys/devices/pci0000:01/0000:01:00.0/class"), "garbage\n").unwrap();
+    let inv = run(d.path());
+    assert_eq!(inv.warnings, Vec::<String>::new());
+    let gpus: Vec<String> = inv.gpus.iter().map(|g| g.address.to_string()).collect();
+    assert_eq!(gpus, ["0000:c1:00.0"]);
+
+    // Named by the config: its `class` is read.
+    let config = topology::DiscoveryConfig::from_yaml(
+        "discovery:\n  gpus:\n    - gpu: \"0000:e1:00.0\"\n      nodes: [1]\n",
+        "test.yaml",
+    )
+    .unwrap();
+    let inv = topology::discover(d.path(), &config).unwrap();
+    let gpus: Vec<String> = inv.gpus.iter().map(|g| g.address.to_string()).collect();
+    assert_eq!(gpus, ["0000:c1:00.0", "0000:e1:00.0"]);
+
+    // Without the file (a snapshot, a container): every `class` is read.
+    fs::remove_file(d.path().join("proc/bus/pci/devices")).unwrap();
+    let inv = run(d.path());
+    let gpus: Vec<String> = inv.gpus.iter().map(|g| g.address.to_string()).collect();
+    assert_eq!(gpus, ["0000:c1:00.0", "0000:e1:00.0"]);
+    assert_eq!(
+        inv.warnings,
+        [format!(
+            "{}/sys/bus/pci/devices/0000:01:00.0/class: \"garbage\" is not a class code; function skipped",
+            d.path().display()
+        )]
+    );
+}
+
+#[test]
+fn proc_bus_pci_devices_names_no_domain_so_a_slot_shared_across_domains_is_read() {
+    // 0000:c1:00.0 is the AMD GPU; 0001:c1:00.0 an NVMe drive in another PCI domain, same slot.
+    let host = fixture::seed_amd().pci(PciFunction::other(pci("0001:c1:00.0")).numa_node(Some(0)));
+    let d = write(&host);
+    let inv = run(d.path());
+    let gpus: Vec<String> = inv.gpus.iter().map(|g| g.address.to_string()).collect();
+    assert_eq!(gpus, ["0000:c1:00.0"]);
+    assert_eq!(ids(&inv), ["0000:c1:00.0/dax0.0"]);
 }

@@ -349,6 +349,41 @@ impl Drop for PluginProcess {
     }
 }
 
+/// A plugin serving `host`, registered with a fake kubelet, its ListAndWatch open and its first
+/// list (every device healthy) read.
+pub struct Serving {
+    pub kubelet: FakeKubelet,
+    pub plugin: PluginProcess,
+    pub client: DevicePluginClient<Channel>,
+    pub watch: Watch,
+}
+
+impl Serving {
+    pub async fn start(host: &TestHost, args: &[String]) -> Self {
+        let mut kubelet = FakeKubelet::start(&host.device_plugins);
+        let plugin = PluginProcess::spawn(args, host.dir.path().join("plugin.log"));
+        let reg = kubelet.next_registration().await;
+        let mut client = kubelet.dial(&reg.endpoint).await;
+        let mut watch = Watch::open(&mut client).await;
+        let first = watch.next().await;
+        assert!(first.devices.iter().all(|d| d.health == "Healthy"), "{first:?}");
+        Self {
+            kubelet,
+            plugin,
+            client,
+            watch,
+        }
+    }
+}
+
+/// Runs the plugin with `args`, which must make it exit: its exit code and its log's last line.
+pub async fn exit_and_last_line(host: &TestHost, args: &[String]) -> (Option<i32>, String) {
+    let mut plugin = PluginProcess::spawn(args, host.dir.path().join("exit.log"));
+    let code = plugin.wait().await;
+    let text = plugin.log_text();
+    (code, text.lines().last().unwrap_or_default().to_string())
+}
+
 /// Polls (guarded) until `path` exists.
 pub async fn wait_for_file(path: &Path) {
     guarded(&format!("{} to appear", path.display()), async {

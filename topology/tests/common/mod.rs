@@ -66,3 +66,22 @@ pub fn ids(inv: &Inventory) -> Vec<&str> {
 }
 
 pub const GIB: u64 = 1 << 30;
+
+/// Replaces the file at `path` with a FIFO (nothing ever writes to it).
+pub fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {} failed", path.display());
+}
+
+/// Runs `work` on its own thread and fails the test when it takes longer than 10 s (a read that
+/// hangs would otherwise hang the whole test binary).
+pub fn within_10s<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not finish within 10 s (hung on a read?)"))
+}
