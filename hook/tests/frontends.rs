@@ -6,6 +6,7 @@
 mod common;
 
 mod frontends {
+    mod config_validation;
     mod discover_cli;
     mod doctor_hosts;
     mod kubevirt_shim_and_socket;
