@@ -126,6 +126,32 @@ fn prepare_claims_release_drops_and_a_second_domain_waits_or_takes_over() {
     assert!(stderr(&out).contains("took over stale HBM claim"), "{}", stderr(&out));
 }
 
+/// `kill -9` during `prepare` leaves temporary claim files; the next `prepare` sweeps those older
+/// than a minute.
+#[test]
+fn prepare_sweeps_temporary_files_killed_writers_left() {
+    let s = setup(30);
+    let inv = inventory(s.host.path());
+    let a = with_uuid(&domain_xml("hook-sweep", Path::new("/dev/null"), &inv), UUID_A);
+    std::fs::create_dir_all(s.claims()).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let leftovers: Vec<String> = (0..17)
+        .map(|i| format!(".0000:e3:00.0_2fnode0.claim.kill{i:02}.tmp"))
+        .collect();
+    for name in &leftovers {
+        let file = std::fs::File::create(s.claims().join(name)).unwrap();
+        file.set_modified(an_hour_ago).unwrap();
+    }
+    let out = s.hook(["hook-sweep", "prepare", "begin", "-"], a.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut names: Vec<String> = std::fs::read_dir(s.claims())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]);
+}
+
 #[test]
 fn prepare_refuses_regions_this_host_cannot_give() {
     let s = setup(30);
