@@ -13,4 +13,5 @@ mod frontends {
     mod kubevirt_sidecar;
     mod libvirt_hook_calls;
     mod rewrite_cli;
+    mod usage_errors;
 }
