@@ -40,6 +40,16 @@ impl Setup {
     }
 }
 
+/// The names in the claims directory, sorted.
+fn claims_dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -67,12 +77,10 @@ fn prepare_claims_release_drops_and_a_second_domain_waits_or_takes_over() {
         (REGION, "hook-a", UUID_A)
     );
     // Only the claim file and the lock: no temporary left behind.
-    let mut names: Vec<String> = std::fs::read_dir(s.claims())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]);
+    assert_eq!(
+        claims_dir_names(&s.claims()),
+        [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]
+    );
 
     // hook-a has no QEMU yet but claimed just now: hook-b must wait (exit 1, one line).
     let out = s.hook(["hook-b", "prepare", "begin", "-"], b.as_bytes());
@@ -144,12 +152,10 @@ fn prepare_sweeps_temporary_files_killed_writers_left() {
     }
     let out = s.hook(["hook-sweep", "prepare", "begin", "-"], a.as_bytes());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let mut names: Vec<String> = std::fs::read_dir(s.claims())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]);
+    assert_eq!(
+        claims_dir_names(&s.claims()),
+        [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]
+    );
 }
 
 #[test]

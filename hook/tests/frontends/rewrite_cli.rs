@@ -105,6 +105,24 @@ fn out_is_written_atomically_and_left_alone_on_error() {
     assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
 }
 
+/// `rewrite` of the sample against the sample host (no config) into `out`.
+fn rewrite_sample_to(out: &str) -> Output {
+    run(
+        &[
+            "rewrite",
+            "--sysfs-root",
+            HOST,
+            "--config",
+            "/dev/null",
+            "--in",
+            SAMPLE,
+            "--out",
+            out,
+        ],
+        None,
+    )
+}
+
 /// `--out` naming a character device: exit 2, one line naming the path, the node untouched.
 #[test]
 fn out_naming_a_device_node_is_bad_input_and_left_alone() {
@@ -120,20 +138,7 @@ fn out_naming_a_device_node_is_bad_input_and_left_alone() {
     )
     .expect("mknod c 1 3 (the tests run as root)");
     let node_s = node.to_string_lossy().into_owned();
-    let o = run(
-        &[
-            "rewrite",
-            "--sysfs-root",
-            HOST,
-            "--config",
-            "/dev/null",
-            "--in",
-            SAMPLE,
-            "--out",
-            &node_s,
-        ],
-        None,
-    );
+    let o = rewrite_sample_to(&node_s);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert_eq!(
         stderr(&o),
@@ -159,20 +164,7 @@ fn out_through_a_symlink_writes_its_target_and_keeps_the_link() {
     let link = dir.path().join("link.xml");
     std::os::unix::fs::symlink("real.xml", &link).unwrap();
     let link_s = link.to_string_lossy().into_owned();
-    let o = run(
-        &[
-            "rewrite",
-            "--sysfs-root",
-            HOST,
-            "--config",
-            "/dev/null",
-            "--in",
-            SAMPLE,
-            "--out",
-            &link_s,
-        ],
-        None,
-    );
+    let o = rewrite_sample_to(&link_s);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.xml"));
