@@ -26,7 +26,7 @@ pub const LIBVIRTD_BOUNDS: Bounds = Bounds {
     time: probe::PROBE_TIMEOUT,
     bytes: 64 << 10,
 };
-/// Bound on reading libvirt's domain schema (about 300 KiB in libvirt 9-11): the probe's time
+/// Bound on reading libvirt's domain schema (222 KiB in libvirt 9.0): the probe's time
 /// limit, 16 MiB.
 pub const SCHEMA_BOUNDS: Bounds = Bounds {
     time: probe::PROBE_TIMEOUT,

@@ -1,10 +1,12 @@
 //! One validation of the config's `discovery` section for every command: a mapping that names
 //! neither nodes nor dax devices makes `discover`, `rewrite`, `doctor`, the libvirt hook's
-//! `prepare`, the shim's `onDefineDomain` and the QEMU adapter exit 2 with the same message.
+//! `prepare`, the shim's `onDefineDomain`, the sidecar and the QEMU adapter exit 2 with the same
+//! message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::common::kubevirt::{hbm_hook, vmi_json};
 use crate::common::libvirt_hook::{domain_xml, inventory, run_hook, write_host};
@@ -19,6 +21,27 @@ fn run(args: &[&str]) -> Output {
         .env_remove("HBM_PROBE_CACHE_DIR")
         .output()
         .unwrap()
+}
+
+/// Runs `args`, killing the process if it has not exited after 20 s (a sidecar that starts
+/// serving instead of refusing its config).
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(hbm_hook())
+        .args(args)
+        .env_remove("HBM_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Asserts exit 2 and exactly one stderr line, `<prefix>: <message>`.
@@ -58,6 +81,16 @@ fn a_mapping_without_nodes_or_dax_is_refused_by_every_command() {
     let domain = std::fs::read_to_string(SAMPLE).unwrap();
     let out = run(&["onDefineDomain", "--vmi", &vmi, "--domain", &domain, "--config", cfg]);
     assert_refused("onDefineDomain", &out, "hbm-hook onDefineDomain", &message);
+    let sockets = dir.path().join("hooks");
+    std::fs::create_dir(&sockets).unwrap();
+    let out = run_bounded(&[
+        "kubevirt-sidecar",
+        "--socket-dir",
+        sockets.to_str().unwrap(),
+        "--config",
+        cfg,
+    ]);
+    assert_refused("kubevirt-sidecar", &out, "hbm-hook kubevirt-sidecar", &message);
     let out = run(&["qemu", "--config", cfg, "--", "-version"]);
     assert_refused("qemu", &out, "hbm-qemu", &message);
 
