@@ -127,7 +127,7 @@ impl VmiPolicy {
                 POLICY_ANNOTATION => out.policy = Some(v.parse::<PolicyMode>().map_err(|r| bad(key, value, r))?),
                 DIALECT_ANNOTATION => out.dialect = Some(v.parse::<Dialect>().map_err(|r| bad(key, value, r))?),
                 SIZE_CAP_ANNOTATION => {
-                    let cap = parse_byte_quantity(v).map_err(|r| bad(key, value, r))?;
+                    let cap = parse_byte_quantity(v).map_err(|reason| bad(key, value, reason))?;
                     if cap == 0 {
                         return Err(bad(
                             key,

@@ -78,15 +78,15 @@ fn parse_number(number: &str) -> Option<Exact> {
 fn apply_suffix(exact: &mut Exact, suffix: &str) -> Option<()> {
     let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
     let decimal = ["k", "M", "G", "T", "P", "E"];
-    if let Some(index) = binary.iter().position(|s| *s == suffix) {
+    if let Some(index) = binary.iter().position(|name| *name == suffix) {
         exact.exp2 = 10 * (u32::try_from(index).ok()? + 1);
-    } else if let Some(index) = decimal.iter().position(|s| *s == suffix) {
+    } else if let Some(index) = decimal.iter().position(|name| *name == suffix) {
         exact.exp10 += 3 * (i32::try_from(index).ok()? + 1);
     } else if suffix == "m" {
         exact.exp10 -= 3;
     } else if let Some(exponent) = suffix.strip_prefix(['e', 'E']) {
         let (negative, digits) = split_sign(exponent);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
             return None;
         }
         let power: i32 = digits.parse().ok().filter(|p: &i32| *p <= 1000)?;
@@ -106,7 +106,7 @@ fn to_bytes(exact: &Exact) -> Result<u64, &'static str> {
     let scaled = exact
         .digits
         .checked_shl(exact.exp2)
-        .filter(|v| v >> exact.exp2 == exact.digits);
+        .filter(|shifted| shifted >> exact.exp2 == exact.digits);
     let mut value = scaled.ok_or(TOO_LARGE)?;
     if exact.exp10 >= 0 {
         let factor = 10u128.checked_pow(exact.exp10.unsigned_abs()).ok_or(TOO_LARGE)?;

@@ -545,22 +545,22 @@ mod tests {
 
     #[test]
     fn claiming_sweeps_stale_temporary_files_and_keeps_fresh_ones() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        fs::create_dir_all(s.dir()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let claims = store(tmp.path());
+        fs::create_dir_all(claims.dir()).unwrap();
         let old = std::time::SystemTime::now() - Duration::from_secs(120);
         let leftovers = [".r.claim.Ab3dE9.tmp", ".claim-x1Yz2w"];
         for name in leftovers {
-            let file = File::create(s.dir().join(name)).unwrap();
+            let file = File::create(claims.dir().join(name)).unwrap();
             file.set_modified(old).unwrap();
         }
-        let fresh = s.dir().join(".r.claim.Fresh1.tmp");
+        let fresh = claims.dir().join(".r.claim.Fresh1.tmp");
         fs::write(&fresh, "{").unwrap();
-        let unrelated = s.dir().join("notes.tmp");
+        let unrelated = claims.dir().join("notes.tmp");
         File::create(&unrelated).unwrap().set_modified(old).unwrap();
-        s.claim_all("vm", "u", &["r".into()], NOW).unwrap();
+        claims.claim_all("vm", "u", &["r".into()], NOW).unwrap();
         for name in leftovers {
-            assert!(!s.dir().join(name).exists(), "{name} swept");
+            assert!(!claims.dir().join(name).exists(), "{name} swept");
         }
         assert!(fresh.exists(), "a temporary file younger than the bound may be in use");
         assert!(unrelated.exists(), "only temporary claim files are swept");

@@ -378,10 +378,10 @@ fn without_sysfs_root_the_configs_sysfs_root_is_inspected() {
 #[test]
 fn a_libvirtd_that_hangs_or_floods_and_an_endless_schema_are_cut() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Doctor::new();
-    let root = d.host(&fixture::seed_amd());
+    let doctor = Doctor::new();
+    let root = doctor.host(&fixture::seed_amd());
     let script = |name: &str, body: &str| {
-        let path = d.dir.path().join(name);
+        let path = doctor.dir.path().join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path.to_string_lossy().into_owned()
@@ -389,22 +389,22 @@ fn a_libvirtd_that_hangs_or_floods_and_an_endless_schema_are_cut() {
     let flooding = script("flooding-libvirtd", "exec yes libvirtd");
     let sleeping = script("sleeping-libvirtd", "sleep 60");
     let check = |out: &Output, name: &str| -> (String, String) {
-        let v: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
-        let c = v["checks"]
+        let report: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
+        let found = report["checks"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["check"] == name)
-            .unwrap_or_else(|| panic!("no {name} check: {v}"))
+            .find(|line| line["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
             .clone();
         (
-            c["status"].as_str().unwrap().to_string(),
-            c["detail"].as_str().unwrap().to_string(),
+            found["status"].as_str().unwrap().to_string(),
+            found["detail"].as_str().unwrap().to_string(),
         )
     };
 
     let started = std::time::Instant::now();
-    let out = d.run(
+    let out = doctor.run(
         &root,
         &[
             "--qemu",
@@ -438,7 +438,7 @@ fn a_libvirtd_that_hangs_or_floods_and_an_endless_schema_are_cut() {
     );
 
     let started = std::time::Instant::now();
-    let out = d.run(&root, &["--qemu", REAL_QEMU, "--libvirtd", &sleeping, "--json"]);
+    let out = doctor.run(&root, &["--qemu", REAL_QEMU, "--libvirtd", &sleeping, "--json"]);
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(15), "{took:?}");
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

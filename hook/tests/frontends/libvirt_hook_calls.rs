@@ -138,22 +138,22 @@ fn prepare_claims_release_drops_and_a_second_domain_waits_or_takes_over() {
 /// than a minute.
 #[test]
 fn prepare_sweeps_temporary_files_killed_writers_left() {
-    let s = setup(30);
-    let inv = inventory(s.host.path());
-    let a = with_uuid(&domain_xml("hook-sweep", Path::new("/dev/null"), &inv), UUID_A);
-    std::fs::create_dir_all(s.claims()).unwrap();
+    let fixture = setup(30);
+    let inv = inventory(fixture.host.path());
+    let xml = with_uuid(&domain_xml("hook-sweep", Path::new("/dev/null"), &inv), UUID_A);
+    std::fs::create_dir_all(fixture.claims()).unwrap();
     let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     let leftovers: Vec<String> = (0..17)
         .map(|i| format!(".0000:e3:00.0_2fnode0.claim.kill{i:02}.tmp"))
         .collect();
     for name in &leftovers {
-        let file = std::fs::File::create(s.claims().join(name)).unwrap();
+        let file = std::fs::File::create(fixture.claims().join(name)).unwrap();
         file.set_modified(an_hour_ago).unwrap();
     }
-    let out = s.hook(["hook-sweep", "prepare", "begin", "-"], a.as_bytes());
+    let out = fixture.hook(["hook-sweep", "prepare", "begin", "-"], xml.as_bytes());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
-        claims_dir_names(&s.claims()),
+        claims_dir_names(&fixture.claims()),
         [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]
     );
 }

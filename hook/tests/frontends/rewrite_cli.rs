@@ -138,15 +138,15 @@ fn out_naming_a_device_node_is_bad_input_and_left_alone() {
     )
     .expect("mknod c 1 3 (the tests run as root)");
     let node_s = node.to_string_lossy().into_owned();
-    let o = rewrite_sample_to(&node_s);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out = rewrite_sample_to(&node_s);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
-        stderr(&o),
+        stderr(&out),
         format!(
             "hbm-hook rewrite: error: output {node_s}: refused: {node_s} is not a regular file; name a regular file to write\n"
         )
     );
-    assert!(o.stdout.is_empty());
+    assert!(out.stdout.is_empty());
     assert!(std::fs::symlink_metadata(&node).unwrap().file_type().is_char_device());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
@@ -164,8 +164,8 @@ fn out_through_a_symlink_writes_its_target_and_keeps_the_link() {
     let link = dir.path().join("link.xml");
     std::os::unix::fs::symlink("real.xml", &link).unwrap();
     let link_s = link.to_string_lossy().into_owned();
-    let o = rewrite_sample_to(&link_s);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = rewrite_sample_to(&link_s);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.xml"));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), GOLDEN);
