@@ -36,6 +36,10 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {reason}; fix the file (see docs/rewrite.md)")]
     Parse { path: PathBuf, reason: String },
+    /// The `discovery` section fails topology's own checks: the same message `discover` (and
+    /// the device plugin) print for the same file.
+    #[error(transparent)]
+    Discovery(#[from] topology::config::ConfigError),
 }
 
 /// The whole config file.
@@ -157,7 +161,12 @@ impl HookConfig {
             path: path.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|reason| ConfigError::Parse { path, reason })
+        let config = Self::parse(&text).map_err(|reason| ConfigError::Parse {
+            path: path.clone(),
+            reason,
+        })?;
+        config.discovery.validate(&path.display().to_string())?;
+        Ok(config)
     }
 
     /// Parses the YAML text (an empty document is the defaults).

@@ -7,14 +7,19 @@
 //! 3 cannot satisfy.
 //! Exit codes of `libvirt`, `kubevirt-sidecar`, `onDefineDomain`, `preCloudInitIso`: see
 //! docs/frontends.md.
+//!
+//! A command line clap refuses is one line on stderr, `hbm-hook <command>: <what> (see hbm-hook
+//! <command> --help)`, and exit 2; `--help` and `--version` print as clap prints them (exit 0).
+//! clap's colour follows the logging rule: only on a terminal, never with `NO_COLOR`.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{ColorChoice, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use hbm_hook::{doctor, kubevirt, libvirt, qemu, rewrite_cli, verify_guest};
-use hbm_shell::logging::{LogFormat, init_logging};
+use hbm_shell::logging::{LogFormat, colour_allowed, init_logging};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,12 +80,63 @@ fn main() -> ExitCode {
         }
     }
     // `onDefineDomain` / `preCloudInitIso` (KubeVirt's sidecar shim runs these names).
-    let cli = match kubevirt::cli::shim_argv(&argv) {
-        Some(shim) => Cli::parse_from(shim),
-        None => Cli::parse_from(&argv),
+    let argv = kubevirt::cli::shim_argv(&argv).unwrap_or(argv);
+    let cli = match parse(&argv) {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     init_default_logging();
     dispatch(cli.command)
+}
+
+/// The parsed command line, or the exit code after clap's help / version text or the one-line
+/// usage error was printed.
+fn parse(argv: &[OsString]) -> Result<Cli, ExitCode> {
+    let colour = if colour_allowed() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    Cli::command()
+        .color(colour)
+        .try_get_matches_from(argv)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .map_err(|error| report_usage_error(argv, &error))
+}
+
+/// Prints help / version as clap does, any other error as one line; returns the exit code.
+fn report_usage_error(argv: &[OsString], error: &clap::Error) -> ExitCode {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(hbm_shell::exit::BAD_INPUT));
+    }
+    let command = command_name(argv);
+    // The first line of clap's (uncoloured) text is the error; the rest is usage and tips.
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let what = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!(
+        "{}",
+        hbm_shell::one_line(&format!("{command}: {what} (see {command} --help)"))
+    );
+    ExitCode::from(hbm_shell::exit::BAD_INPUT)
+}
+
+/// `hbm-hook <subcommand>` for the first argument naming one, else `hbm-hook`.
+fn command_name(argv: &[OsString]) -> String {
+    let cli = Cli::command();
+    let subcommand = argv.iter().skip(1).find_map(|arg| {
+        cli.get_subcommands()
+            .map(clap::Command::get_name)
+            .find(|name| arg.to_str() == Some(*name))
+    });
+    match subcommand {
+        Some(name) => format!("hbm-hook {name}"),
+        None => "hbm-hook".to_string(),
+    }
 }
 
 fn dispatch(command: Command) -> ExitCode {

@@ -6,10 +6,12 @@
 mod common;
 
 mod frontends {
+    mod config_validation;
     mod discover_cli;
     mod doctor_hosts;
     mod kubevirt_shim_and_socket;
     mod kubevirt_sidecar;
     mod libvirt_hook_calls;
     mod rewrite_cli;
+    mod usage_errors;
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use topology::{Gpu, Health, Inventory, Memmap, Region};
 
-use super::facts::{DaxFact, HostFacts, Installed};
+use super::facts::{DaxFact, HostFacts, Installed, Looked};
 use crate::qemu::probe::Capabilities;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -85,8 +85,8 @@ pub fn evaluate(f: &HostFacts) -> Vec<Check> {
     out.extend(discovery_warnings(&f.inventory));
     out.extend(f.dax.iter().map(dax_device));
     out.extend(qemu(f));
-    out.push(libvirt(f.libvirt_version.as_deref()));
-    out.push(libvirt_acpi_nodeset(f.libvirt_acpi_nodeset));
+    out.push(libvirt(&f.libvirt_version));
+    out.push(libvirt_acpi_nodeset(&f.libvirt_acpi_nodeset));
     out.push(installed(
         "hook",
         &f.hook_path,
@@ -243,7 +243,7 @@ fn qemu(f: &HostFacts) -> Vec<Check> {
     match &f.qemu {
         // Neither QEMU nor libvirt on the host is a KubeVirt node (both live in virt-launcher);
         // a libvirt host without its QEMU cannot start anything.
-        Err(why) if f.libvirt_version.is_none() => vec![Check::warn(
+        Err(why) if f.libvirt_version == Looked::Missing => vec![Check::warn(
             "qemu",
             format!("{qemu}: {why}"),
             "fine on KubeVirt nodes (QEMU runs in virt-launcher); on a libvirt host install QEMU >= 9.0 (Debian 12: qemu-system-x86 from bookworm-backports) or set qemu.emulator",
@@ -286,10 +286,15 @@ fn qemu_spm_dialect(caps: &Capabilities) -> Check {
 }
 
 /// `libvirt`: the daemon's version.
-fn libvirt(version: Option<&str>) -> Check {
+fn libvirt(version: &Looked<String>) -> Check {
     match version {
-        Some(v) => Check::pass("libvirt", format!("libvirt {v}")),
-        None => Check::warn(
+        Looked::Found(v) => Check::pass("libvirt", format!("libvirt {v}")),
+        Looked::Cut(why) => Check::fail(
+            "libvirt",
+            why.clone(),
+            "check that --libvirtd names the libvirt daemon: `libvirtd --version` must print its version and exit",
+        ),
+        Looked::Missing => Check::warn(
             "libvirt",
             "no libvirt daemon found",
             "install libvirt-daemon-driver-qemu on plain libvirt hosts (KubeVirt nodes run libvirt inside virt-launcher)",
@@ -298,17 +303,22 @@ fn libvirt(version: Option<&str>) -> Check {
 }
 
 /// `libvirt acpi-nodeset`: whether libvirt writes the Generic Initiator itself.
-fn libvirt_acpi_nodeset(native: Option<bool>) -> Check {
+fn libvirt_acpi_nodeset(native: &Looked<bool>) -> Check {
     match native {
-        Some(true) => Check::pass(
+        Looked::Found(true) => Check::pass(
             "libvirt acpi-nodeset",
             "native <acpi nodeset> available (rewrite.native_generic_initiator: true may use it)",
         ),
-        Some(false) => Check::pass(
+        Looked::Found(false) => Check::pass(
             "libvirt acpi-nodeset",
             "no native <acpi nodeset>: the rewriter adds the Generic Initiator through <qemu:commandline>",
         ),
-        None => Check::warn(
+        Looked::Cut(why) => Check::warn(
+            "libvirt acpi-nodeset",
+            format!("libvirt's domain schema {why}"),
+            "pass --libvirt-schema libvirt's domaincommon.rng (/usr/share/libvirt/schemas)",
+        ),
+        Looked::Missing => Check::warn(
             "libvirt acpi-nodeset",
             "libvirt's domain schema not found",
             "install libvirt0 (it ships /usr/share/libvirt/schemas; pass --libvirt-schema for another path)",
@@ -347,8 +357,8 @@ mod tests {
             dax: vec![],
             qemu_path: "/q".into(),
             qemu: Err("gone".into()),
-            libvirt_version: None,
-            libvirt_acpi_nodeset: None,
+            libvirt_version: Looked::Missing,
+            libvirt_acpi_nodeset: Looked::Missing,
             hook_path: "/h".into(),
             hook: Installed::Missing,
             adapter_path: "/a".into(),
@@ -373,7 +383,7 @@ mod tests {
         assert!(render_text(&checks).ends_with("0 passed, 5 warnings, 3 failed\n"));
         // With libvirt installed, a missing QEMU is required.
         let libvirt_host = HostFacts {
-            libvirt_version: Some("9.0.0".into()),
+            libvirt_version: Looked::Found("9.0.0".into()),
             ..facts
         };
         let qemu = evaluate(&libvirt_host).into_iter().find(|c| c.check == "qemu").unwrap();

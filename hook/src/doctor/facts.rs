@@ -3,10 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use topology::Inventory;
 
+use super::bounded::{self, Bounds};
 use super::cli::{DoctorArgs, DoctorError};
 use crate::inventory::{self, InventoryArgs};
 use crate::qemu::probe::{self, Capabilities};
@@ -19,6 +19,27 @@ pub struct DaxFact {
     pub driver: Option<String>,
     pub size_bytes: Option<u64>,
     pub target_node: Option<u32>,
+}
+
+/// Bound on `libvirtd --version`: the probe's time limit, 64 KiB of output.
+pub const LIBVIRTD_BOUNDS: Bounds = Bounds {
+    time: probe::PROBE_TIMEOUT,
+    bytes: 64 << 10,
+};
+/// Bound on reading libvirt's domain schema (222 KiB in libvirt 9.0): the probe's time
+/// limit, 16 MiB.
+pub const SCHEMA_BOUNDS: Bounds = Bounds {
+    time: probe::PROBE_TIMEOUT,
+    bytes: 16 << 20,
+};
+
+/// What a bounded look at a program or file found: nothing usable there, an answer, or a look
+/// cut short at a bound (the whole sentence saying which and why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Looked<T> {
+    Missing,
+    Found(T),
+    Cut(String),
 }
 
 /// An installed file: missing, present but not executable, or present and resolving to `target`.
@@ -39,10 +60,11 @@ pub struct HostFacts {
     pub qemu_path: PathBuf,
     /// The probe result, or why there is none.
     pub qemu: Result<Capabilities, String>,
-    /// `9.0.0`, or `None` when no libvirt daemon is installed.
-    pub libvirt_version: Option<String>,
-    /// Whether libvirt's domain schema allows `<acpi nodeset=..>`; `None` when the schema is absent.
-    pub libvirt_acpi_nodeset: Option<bool>,
+    /// `9.0.0`; `Missing` when no libvirt daemon is installed.
+    pub libvirt_version: Looked<String>,
+    /// Whether libvirt's domain schema allows `<acpi nodeset=..>`; `Missing` when the schema is
+    /// absent.
+    pub libvirt_acpi_nodeset: Looked<bool>,
     pub hook_path: PathBuf,
     pub hook: Installed,
     pub adapter_path: PathBuf,
@@ -73,14 +95,26 @@ pub fn schema_has_acpi_nodeset(rng: &str) -> bool {
     false
 }
 
-fn libvirt_version(libvirtd: &Path) -> Option<String> {
-    let out = Command::new(libvirtd).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "libvirtd (libvirt) 9.0.0"
-    out.status
-        .success()
-        .then(|| text.split_whitespace().last().map(String::from))
-        .flatten()
+/// The daemon's version from `libvirtd --version` ("libvirtd (libvirt) 9.0.0"), bounded.
+fn libvirt_version(libvirtd: &Path) -> Looked<String> {
+    match bounded::program_output(libvirtd, &["--version"], LIBVIRTD_BOUNDS) {
+        Err(cut) => Looked::Cut(format!("`{} --version` {cut} (killed)", libvirtd.display())),
+        Ok(None) => Looked::Missing,
+        Ok(Some(out)) => String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .last()
+            .map_or(Looked::Missing, |version| Looked::Found(version.to_string())),
+    }
+}
+
+/// Whether the schema at `schema` allows `<acpi nodeset=..>`, read within [`SCHEMA_BOUNDS`].
+fn libvirt_acpi_nodeset(schema: &Path) -> Looked<bool> {
+    match bounded::file_contents(schema, SCHEMA_BOUNDS) {
+        Err(cut) => Looked::Cut(format!("{} {cut} (not read)", schema.display())),
+        Ok(bytes) => bytes
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map_or(Looked::Missing, |rng| Looked::Found(schema_has_acpi_nodeset(&rng))),
+    }
 }
 
 /// Number of IOMMU groups the kernel made under `root`.
@@ -133,9 +167,7 @@ pub fn gather(args: &DoctorArgs) -> Result<HostFacts, DoctorError> {
         qemu_path,
         qemu,
         libvirt_version: libvirt_version(&args.libvirtd),
-        libvirt_acpi_nodeset: std::fs::read_to_string(&args.libvirt_schema)
-            .ok()
-            .map(|s| schema_has_acpi_nodeset(&s)),
+        libvirt_acpi_nodeset: libvirt_acpi_nodeset(&args.libvirt_schema),
         hook: installed(&args.hook),
         hook_path: args.hook.clone(),
         adapter: installed(&adapter_path),

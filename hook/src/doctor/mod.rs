@@ -9,8 +9,10 @@
 //!
 //! [`facts::gather`] reads the host into [`facts::HostFacts`]; [`checks::evaluate`] (pure, one
 //! function per check) turns facts into [`checks::Check`]s; [`report`] renders them; [`cli`]
-//! holds the arguments and the exit codes.
+//! holds the arguments and the exit codes. What the doctor runs and reads (`libvirtd --version`,
+//! libvirt's schema) is [`bounded`] in time and size, like the QEMU probe.
 
+pub mod bounded;
 pub mod checks;
 pub mod cli;
 pub mod facts;

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `hbm-passthrough.dev/policy` | `off`, `auto`, `required` | the hook config's `rewrite.policy` |
 //! | `hbm-passthrough.dev/dialect` | `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
-//! | `hbm-passthrough.dev/size-cap` | bytes, `64GiB`-style or a Kubernetes quantity (`64Gi`) | config |
+//! | `hbm-passthrough.dev/size-cap` | a Kubernetes quantity of bytes (`64Gi`, `64G` = 64x10^9, `1e9`; see [`super::quantity`]) | config |
 //!
 //! Any other key under `hbm-passthrough.dev/` is refused (a typo must not silently mean "auto").
 
@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use topology::Inventory;
 
-use hbm_rewrite::size::parse_size;
+use super::quantity::parse_byte_quantity;
 use hbm_rewrite::{Dialect, PolicyMode, RewriteError, RewriteOptions, rewrite};
 
 /// Prefix of the project's VMI annotations.
@@ -29,7 +29,7 @@ pub const ANNOTATION_PREFIX: &str = "hbm-passthrough.dev/";
 pub const POLICY_ANNOTATION: &str = "hbm-passthrough.dev/policy";
 /// A dialect string (see `docs/rewrite.md`).
 pub const DIALECT_ANNOTATION: &str = "hbm-passthrough.dev/dialect";
-/// Largest guest cell per region: bytes or `64GiB`.
+/// Largest guest cell per region: a Kubernetes quantity of bytes (`64Gi`).
 pub const SIZE_CAP_ANNOTATION: &str = "hbm-passthrough.dev/size-cap";
 
 /// Why a definition could not be produced. Its [`ExitStatus`] code is the documented exit code of the
@@ -127,7 +127,7 @@ impl VmiPolicy {
                 POLICY_ANNOTATION => out.policy = Some(v.parse::<PolicyMode>().map_err(|r| bad(key, value, r))?),
                 DIALECT_ANNOTATION => out.dialect = Some(v.parse::<Dialect>().map_err(|r| bad(key, value, r))?),
                 SIZE_CAP_ANNOTATION => {
-                    let cap = parse_size(&kubernetes_quantity(v)).map_err(|r| bad(key, value, r))?;
+                    let cap = parse_byte_quantity(v).map_err(|reason| bad(key, value, reason))?;
                     if cap == 0 {
                         return Err(bad(
                             key,
@@ -164,15 +164,6 @@ impl VmiPolicy {
             o.size_cap_bytes = Some(c);
         }
         o
-    }
-}
-
-/// Kubernetes writes binary sizes as quantities (`64Gi`, `512Mi`); the size parser spells them
-/// `64GiB`. Other spellings pass through unchanged.
-fn kubernetes_quantity(v: &str) -> String {
-    match v.strip_suffix('i') {
-        Some(head) if head.ends_with(['K', 'M', 'G', 'T', 'P', 'E']) => format!("{v}B"),
-        _ => v.to_string(),
     }
 }
 
@@ -267,7 +258,7 @@ mod tests {
         let p = policy(&[
             (POLICY_ANNOTATION, "required"),
             (DIALECT_ANNOTATION, "sp-mem"),
-            (SIZE_CAP_ANNOTATION, "16GiB"),
+            (SIZE_CAP_ANNOTATION, "16Gi"),
             ("other.io/x", "y"),
         ])
         .unwrap();
@@ -321,6 +312,23 @@ mod tests {
             Some(512 << 20)
         );
         assert!(policy(&[(SIZE_CAP_ANNOTATION, "5i")]).is_err());
+        // Kubernetes quantities: decimal SI, exponents and milli, not the CLI's binary `M` / `G`.
+        for (value, bytes) in [
+            ("1000M", 1_000_000_000),
+            ("64G", 64_000_000_000),
+            ("64000m", 64),
+            ("1e9", 1_000_000_000),
+        ] {
+            assert_eq!(
+                policy(&[(SIZE_CAP_ANNOTATION, value)]).unwrap().size_cap_bytes,
+                Some(bytes),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            policy(&[(SIZE_CAP_ANNOTATION, "1500m")]).unwrap_err().to_string(),
+            "VMI ns/vm1: annotation hbm-passthrough.dev/size-cap=\"1500m\": \"1500m\" is not a whole number of bytes"
+        );
         let e = policy(&[("hbm-passthrough.dev/polcy", "off")]).unwrap_err();
         assert!(e.to_string().contains("unknown annotation"), "{e}");
     }

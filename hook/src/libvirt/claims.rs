@@ -11,6 +11,10 @@
 //! the holder's uuid (libvirt passes `-uuid <uuid>`). A claim younger than the start-up grace
 //! period also counts as live (its holder is between `prepare` and the QEMU launch). Any other
 //! claim is stale and is taken over (and logged).
+//!
+//! A writer killed between creating its temporary file and the rename (`kill -9` during
+//! `prepare`) leaves `.<claim file>.<random>.tmp` behind; taking a claim sweeps such files older
+//! than [`STALE_TEMP_AGE`] (every writer holds the lock, so none of them is still being written).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -29,6 +33,8 @@ pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(30);
 const CLAIM_SUFFIX: &str = ".claim";
 /// Lock file inside the claims directory.
 const LOCK_FILE: &str = ".lock";
+/// A temporary claim file at least this old is a killed writer's leftover.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// Why claiming or releasing failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,7 @@ impl ClaimStore {
     ) -> Result<ClaimOutcome, ClaimError> {
         check_domain_name(domain)?;
         let _lock = self.lock()?;
+        self.sweep_stale_temp_files();
         let stale = self.stale_claims(uuid, regions, now_unix)?;
         let claimed = self.write_claims(domain, uuid, regions, &stale, now_unix)?;
         let mut outcome = ClaimOutcome {
@@ -329,6 +336,34 @@ impl ClaimStore {
         Ok(file)
     }
 
+    /// Removes temporary claim files older than [`STALE_TEMP_AGE`] (the caller holds the lock).
+    /// Failures are logged: a leftover never blocks a claim.
+    fn sweep_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_name().to_str().is_some_and(is_temp_claim_name) {
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok());
+            if age.is_none_or(|age| age < STALE_TEMP_AGE) {
+                continue;
+            }
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a killed writer's temporary claim file"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary claim file")
+                }
+            }
+        }
+    }
+
     fn scan(&self) -> Result<Vec<(PathBuf, Claim)>, ClaimError> {
         let entries = fs::read_dir(&self.dir).map_err(|source| ClaimError::Dir {
             dir: self.dir.clone(),
@@ -401,6 +436,13 @@ pub fn encode_region_id(region: &str) -> String {
         }
     }
     out
+}
+
+/// A temporary file a claim write makes: `.<region>.claim.<random>.tmp` (`write_atomically`), or
+/// `.claim-<random>` from versions before it.
+fn is_temp_claim_name(name: &str) -> bool {
+    let atomic_write_temp = name.starts_with('.') && name.ends_with(".tmp") && name.contains(CLAIM_SUFFIX);
+    atomic_write_temp || name.starts_with(".claim-")
 }
 
 fn check_domain_name(domain: &str) -> Result<(), ClaimError> {
@@ -499,6 +541,32 @@ mod tests {
         assert!(matches!(s.holder_state(&other, NOW), HolderState::Gone { .. }));
         fs::write(t.path().join("libvirt/vm-a.pid"), "garbage").unwrap();
         assert!(matches!(s.holder_state(&claim, NOW), HolderState::Gone { ref why } if why.contains("not a pid")));
+    }
+
+    #[test]
+    fn claiming_sweeps_stale_temporary_files_and_keeps_fresh_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claims = store(tmp.path());
+        fs::create_dir_all(claims.dir()).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        let leftovers = [".r.claim.Ab3dE9.tmp", ".claim-x1Yz2w"];
+        for name in leftovers {
+            let file = File::create(claims.dir().join(name)).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        let fresh = claims.dir().join(".r.claim.Fresh1.tmp");
+        fs::write(&fresh, "{").unwrap();
+        let unrelated = claims.dir().join("notes.tmp");
+        File::create(&unrelated).unwrap().set_modified(old).unwrap();
+        claims.claim_all("vm", "u", &["r".into()], NOW).unwrap();
+        for name in leftovers {
+            assert!(!claims.dir().join(name).exists(), "{name} swept");
+        }
+        assert!(fresh.exists(), "a temporary file younger than the bound may be in use");
+        assert!(unrelated.exists(), "only temporary claim files are swept");
+        assert!(is_temp_claim_name(".0000:e3:00.0_2fnode0.claim.Q8kT1c.tmp"));
+        assert!(!is_temp_claim_name("0000:e3:00.0_2fnode0.claim"));
+        assert!(!is_temp_claim_name(".lock"));
     }
 
     #[test]

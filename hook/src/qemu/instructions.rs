@@ -18,14 +18,29 @@ pub enum DomainInputError {
     DaxDevice { cell: u32, path: String, why: String },
     #[error("argument {index} is not UTF-8, so it cannot be checked against the instructions")]
     NotUtf8 { index: usize },
+    #[error(
+        "{} is not UTF-8 text; the domain's <qemu:env> entry is corrupted: rewrite the domain again",
+        instructions::ENV_VAR
+    )]
+    InstructionsNotUtf8,
 }
 
 /// The instructions in the environment: the wire text as found (empty when unset, for the log)
-/// and what it says.
+/// and what it says. A value that is not UTF-8 is refused, never read as "no instructions".
 pub fn from_env() -> (String, Result<Vec<Instruction>, DomainInputError>) {
-    let wire = std::env::var(instructions::ENV_VAR).unwrap_or_default();
-    let parsed = instructions::parse(&wire).map_err(DomainInputError::from);
-    (wire, parsed)
+    match std::env::var_os(instructions::ENV_VAR) {
+        None => (String::new(), Ok(Vec::new())),
+        Some(raw) => match raw.into_string() {
+            Ok(wire) => {
+                let parsed = instructions::parse(&wire).map_err(DomainInputError::from);
+                (wire, parsed)
+            }
+            Err(raw) => (
+                raw.to_string_lossy().into_owned(),
+                Err(DomainInputError::InstructionsNotUtf8),
+            ),
+        },
+    }
 }
 
 /// Every dax device an instruction names exists and is a character device.

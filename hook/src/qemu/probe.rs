@@ -23,6 +23,14 @@ use serde_json::Value;
 
 /// Bound on one probe: spawn to last answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on what the probe reads from the binary's stdout (QEMU 10's answers are well under
+/// 1 MiB); a binary that prints more is not answering QMP and is killed.
+pub const PROBE_OUTPUT_CAP: u64 = 32 << 20;
+/// Bound on the stderr kept for the error of a binary that exits early (a binary flooding it
+/// loses its stderr pipe at this point).
+const STDERR_CAP: u64 = 64 << 10;
+/// Characters of that stderr's last line quoted in the error.
+const STDERR_LINE_CHARS: usize = 200;
 
 /// What one QEMU binary speaks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +74,10 @@ pub enum ProbeError {
     Timeout { binary: String, seconds: u64 },
     #[error("probe of {binary}: it exited before answering: {stderr}")]
     Exited { binary: String, stderr: String },
+    #[error(
+        "probe of {binary}: more than {mib} MiB on stdout without the QMP answers (killed); check that the binary is a QEMU system emulator"
+    )]
+    Flood { binary: String, mib: u64 },
     #[error("probe of {binary}: unexpected QMP reply: {why}")]
     Protocol { binary: String, why: String },
 }
@@ -134,18 +146,27 @@ pub fn probe(binary: &Path, timeout: Duration) -> Result<Capabilities, ProbeErro
     let answers_rx = read_answers(stdout);
     let stderr_rx = read_stderr(stderr);
     let answers = answers_rx.recv_timeout(timeout.saturating_sub(started.elapsed()));
-    let Ok((greeting, schema, types)) = answers else {
+    let Ok(answers) = answers else {
         kill_and_reap(&mut child);
         return Err(ProbeError::Timeout {
             binary: name,
             seconds: timeout.as_secs(),
         });
     };
-    let (Some(greeting), Some(schema), Some(types)) = (greeting, schema, types) else {
+    if answers.flooded {
+        kill_and_reap(&mut child);
+        return Err(ProbeError::Flood {
+            binary: name,
+            mib: PROBE_OUTPUT_CAP >> 20,
+        });
+    }
+    let (Some(greeting), Some(schema), Some(types)) = (answers.greeting, answers.schema, answers.types) else {
         kill_and_reap(&mut child);
         let stderr = stderr_rx.recv_timeout(Duration::from_millis(500)).unwrap_or_default();
-        let stderr = stderr.lines().last().unwrap_or("no output").to_string();
-        return Err(ProbeError::Exited { binary: name, stderr });
+        return Err(ProbeError::Exited {
+            binary: name,
+            stderr: last_line_for_message(&stderr),
+        });
     };
     // It was asked to quit; give it the rest of the bound, then make sure.
     wait_until(&mut child, started + timeout);
@@ -194,45 +215,68 @@ fn ask(mut stdin: ChildStdin) {
     let _ = stdin.write_all(questions.as_bytes());
 }
 
-/// The greeting, the schema and the type list, as they arrive (a thread reads stdout).
-type Answers = (Option<Value>, Option<Value>, Option<Value>);
+/// The greeting, the schema and the type list, as they arrive (a thread reads stdout), and
+/// whether reading stopped at [`PROBE_OUTPUT_CAP`].
+#[derive(Default)]
+struct Answers {
+    greeting: Option<Value>,
+    schema: Option<Value>,
+    types: Option<Value>,
+    flooded: bool,
+}
+
+impl Answers {
+    fn complete(&self) -> bool {
+        self.greeting.is_some() && self.schema.is_some() && self.types.is_some()
+    }
+}
 
 fn read_answers(stdout: ChildStdout) -> mpsc::Receiver<Answers> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut greeting = None;
-        let mut schema = None;
-        let mut types = None;
-        for line in BufReader::new(stdout).lines() {
+        let mut answers = Answers::default();
+        let mut capped = stdout.take(PROBE_OUTPUT_CAP);
+        for line in BufReader::new(&mut capped).lines() {
             let Ok(line) = line else { break };
             let Ok(value) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
             if value.get("QMP").is_some() {
-                greeting = Some(value);
+                answers.greeting = Some(value);
             } else if value["id"] == "schema" {
-                schema = Some(value["return"].clone());
+                answers.schema = Some(value["return"].clone());
             } else if value["id"] == "types" {
-                types = Some(value["return"].clone());
+                answers.types = Some(value["return"].clone());
             }
-            if greeting.is_some() && schema.is_some() && types.is_some() {
+            if answers.complete() {
                 break;
             }
         }
-        let _ = tx.send((greeting, schema, types));
+        answers.flooded = !answers.complete() && capped.limit() == 0;
+        let _ = tx.send(answers);
     });
     rx
 }
 
 /// Everything the binary writes on stderr (a thread reads it), for the error when it exits early.
-fn read_stderr(mut stderr: ChildStderr) -> mpsc::Receiver<String> {
+fn read_stderr(stderr: ChildStderr) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = tx.send(text);
+        let mut bytes = Vec::new();
+        let _ = stderr.take(STDERR_CAP).read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
     });
     rx
+}
+
+/// The last line of `stderr` as the error quotes it: at most [`STDERR_LINE_CHARS`] characters,
+/// control characters shown as `?`.
+fn last_line_for_message(stderr: &str) -> String {
+    let line = stderr.lines().last().unwrap_or("no output");
+    line.chars()
+        .take(STDERR_LINE_CHARS)
+        .map(|ch| if ch.is_control() { '?' } else { ch })
+        .collect()
 }
 
 /// Waits for the child to exit until `deadline`, then kills it.

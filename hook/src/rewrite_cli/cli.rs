@@ -59,6 +59,8 @@ pub enum RewriteCommandError {
     Rewrite(#[from] RewriteError),
     #[error("output {path}: cannot write: {source}")]
     Output { path: PathBuf, source: std::io::Error },
+    #[error("output {path}: refused: {source}")]
+    OutputNotRegular { path: PathBuf, source: std::io::Error },
 }
 
 impl From<InventoryError> for RewriteCommandError {
@@ -76,7 +78,8 @@ impl ExitStatus for RewriteCommandError {
         match self {
             RewriteCommandError::Config(_)
             | RewriteCommandError::Inventory(_)
-            | RewriteCommandError::NotUtf8 { .. } => hbm_shell::exit::BAD_INPUT,
+            | RewriteCommandError::NotUtf8 { .. }
+            | RewriteCommandError::OutputNotRegular { .. } => hbm_shell::exit::BAD_INPUT,
             RewriteCommandError::Rewrite(e) => e.exit_code(),
             RewriteCommandError::Discover(_)
             | RewriteCommandError::Input { .. }
@@ -116,13 +119,17 @@ fn options(args: &RewriteArgs, defaults: RewriteOptions) -> RewriteOptions {
     options
 }
 
-/// Writes the result: `--out` atomically (visible, not fsynced: it can be recomputed), else stdout.
+/// Writes the result: `--out` atomically (visible, not fsynced: it can be recomputed; through a
+/// symlink to its target; a device node, FIFO or directory is refused as bad input and left
+/// alone), else stdout.
 fn write_output(out: Option<&Path>, xml: &str) -> Result<(), RewriteCommandError> {
     match out {
         Some(path) => hbm_shell::write_atomically(path, xml.as_bytes(), Durability::Visible).map_err(|source| {
-            RewriteCommandError::Output {
-                path: path.to_path_buf(),
-                source,
+            let path = path.to_path_buf();
+            if source.kind() == std::io::ErrorKind::InvalidInput {
+                RewriteCommandError::OutputNotRegular { path, source }
+            } else {
+                RewriteCommandError::Output { path, source }
             }
         }),
         None => {

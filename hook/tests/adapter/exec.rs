@@ -195,6 +195,34 @@ fn bad_instructions_and_mismatched_cells_exit_2_before_exec() {
     }
 }
 
+/// Instructions that are not UTF-8 (a corrupted `<qemu:env>`) are refused, not ignored: exit 2
+/// naming the variable, QEMU never started.
+#[test]
+fn non_utf8_instructions_exit_2_naming_the_variable() {
+    use std::os::unix::ffi::OsStrExt;
+    let run = Run::new();
+    let out = Command::new(&run.adapter)
+        .args(ARGV)
+        .env("HBM_QEMU_EMULATOR", Run::stand_in())
+        .env("HBM_PROBE_CACHE_DIR", run.dir.path().join("cache"))
+        .env("STANDIN_DIALECT", "memmap-type")
+        .env("STANDIN_RECORD", run.record())
+        .env(
+            "HBM_QEMU_INSTRUCTIONS",
+            std::ffi::OsStr::from_bytes(b"v1;memmap-type:cell=1,size=\xff"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).lines().last(),
+        Some(
+            "hbm-qemu: HBM_QEMU_INSTRUCTIONS is not UTF-8 text; the domain's <qemu:env> entry is corrupted: rewrite the domain again"
+        )
+    );
+    assert_eq!(run.recorded(), None, "QEMU must not start");
+}
+
 #[test]
 fn real_qemu_10_refuses_memmap_type_with_one_clear_line() {
     let run = Run::new();

@@ -146,3 +146,46 @@ fn bad_binaries_fail_with_a_reason() {
         }
     );
 }
+
+/// A "QEMU" that floods stdout (one endless line) or stderr: the probe stops reading at its caps,
+/// kills it and says so, instead of buffering without bound.
+#[test]
+fn a_flooding_binary_is_cut_at_the_output_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+        path
+    };
+    let flood = script("flooding-qemu", "exec cat /dev/zero");
+    // The stderr flood's pipe closes after 64 KiB (it dies of SIGPIPE); the error quotes at most
+    // 200 characters of it, control characters as `?`.
+    let noisy = script("noisy-qemu", "cat /dev/zero >&2");
+    let expected = [
+        (
+            &flood,
+            ProbeError::Flood {
+                binary: flood.display().to_string(),
+                mib: probe::PROBE_OUTPUT_CAP >> 20,
+            },
+        ),
+        (
+            &noisy,
+            ProbeError::Exited {
+                binary: noisy.display().to_string(),
+                stderr: "?".repeat(200),
+            },
+        ),
+    ];
+    for (binary, error) in expected {
+        assert_eq!(probe::probe(binary, Duration::from_secs(30)).unwrap_err(), error);
+    }
+    assert_eq!(
+        probe::probe(&flood, Duration::from_secs(30)).unwrap_err().to_string(),
+        format!(
+            "probe of {}: more than 32 MiB on stdout without the QMP answers (killed); check that the binary is a QEMU system emulator",
+            flood.display()
+        )
+    );
+}

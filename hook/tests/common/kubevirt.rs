@@ -148,12 +148,14 @@ pub fn find_socket(dir: &Path, sidecar: &mut SidecarProcess) -> PathBuf {
     }
 }
 
-/// A gRPC channel over the unix socket at `path` (retried until the listener accepts).
+/// A gRPC channel over the unix socket at `path` (retried until the listener accepts). It sends
+/// `:authority` `localhost`, as virt-launcher and the kubelet (grpc-go) do: the sidecar's HTTP/2
+/// layer refuses a socket path there (docs/frontends.md).
 pub async fn connect(path: &Path) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = path.to_path_buf();
-        let result = Endpoint::try_from("http://[::]:50051")
+        let result = Endpoint::try_from("http://localhost")
             .unwrap_or_else(|e| panic!("endpoint: {e}"))
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();

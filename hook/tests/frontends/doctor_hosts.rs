@@ -372,3 +372,81 @@ fn without_sysfs_root_the_configs_sysfs_root_is_inspected() {
         "{err}"
     );
 }
+
+/// A `--libvirtd` that prints forever or sleeps, and a `--libvirt-schema` of `/dev/zero`: the
+/// doctor finishes within its bounds and says which check was cut.
+#[test]
+fn a_libvirtd_that_hangs_or_floods_and_an_endless_schema_are_cut() {
+    use std::os::unix::fs::PermissionsExt;
+    let doctor = Doctor::new();
+    let root = doctor.host(&fixture::seed_amd());
+    let script = |name: &str, body: &str| {
+        let path = doctor.dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let flooding = script("flooding-libvirtd", "exec yes libvirtd");
+    let sleeping = script("sleeping-libvirtd", "sleep 60");
+    let check = |out: &Output, name: &str| -> (String, String) {
+        let report: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
+        let found = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|line| line["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+            .clone();
+        (
+            found["status"].as_str().unwrap().to_string(),
+            found["detail"].as_str().unwrap().to_string(),
+        )
+    };
+
+    let started = std::time::Instant::now();
+    let out = doctor.run(
+        &root,
+        &[
+            "--qemu",
+            REAL_QEMU,
+            "--libvirtd",
+            &flooding,
+            "--libvirt-schema",
+            "/dev/zero",
+            "--json",
+        ],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        check(&out, "libvirt"),
+        (
+            "fail".into(),
+            format!("`{flooding} --version` gave more than 64 KiB (killed)")
+        )
+    );
+    assert_eq!(
+        check(&out, "libvirt acpi-nodeset"),
+        (
+            "warn".into(),
+            "libvirt's domain schema /dev/zero gave more than 16384 KiB (not read)".into()
+        )
+    );
+
+    let started = std::time::Instant::now();
+    let out = doctor.run(&root, &["--qemu", REAL_QEMU, "--libvirtd", &sleeping, "--json"]);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        check(&out, "libvirt"),
+        (
+            "fail".into(),
+            format!("`{sleeping} --version` gave no answer within 5 s (killed)")
+        )
+    );
+}

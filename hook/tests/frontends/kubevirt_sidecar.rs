@@ -121,13 +121,16 @@ async fn virt_launcher_stand_in_rewrites_every_kubevirt_definition() {
         assert_eq!(out, newest, "{v}");
     }
 
-    // Size cap from the annotation.
-    let capped = vmi_json("capped", &[(DIALECT, "none"), (SIZE_CAP, "4GiB")]);
-    let out = on_define_domain(&channel, version, gpu1.text.as_bytes(), &capped)
-        .await
-        .unwrap();
-    let chain = hbm_chain::read(&String::from_utf8(out).unwrap(), PciAddr::parse_host(GPU_81).unwrap()).unwrap();
-    assert_eq!(chain.cell_bytes, 4 << 30);
+    // Size cap from the annotation, a Kubernetes quantity: `4Gi` is 4x2^30 bytes, `4G` is 4x10^9
+    // (the cell rounded down to 2 MiB).
+    for (cap, cell_bytes) in [("4Gi", 4u64 << 30), ("4G", 1907 * (2 << 20))] {
+        let capped = vmi_json("capped", &[(DIALECT, "none"), (SIZE_CAP, cap)]);
+        let out = on_define_domain(&channel, version, gpu1.text.as_bytes(), &capped)
+            .await
+            .unwrap();
+        let chain = hbm_chain::read(&String::from_utf8(out).unwrap(), PciAddr::parse_host(GPU_81).unwrap()).unwrap();
+        assert_eq!(chain.cell_bytes, cell_bytes, "{cap}");
+    }
 
     // policy off: untouched.
     let off = vmi_json("off", &[(POLICY, "off"), (DIALECT, "none")]);

@@ -40,6 +40,16 @@ impl Setup {
     }
 }
 
+/// The names in the claims directory, sorted.
+fn claims_dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -67,12 +77,10 @@ fn prepare_claims_release_drops_and_a_second_domain_waits_or_takes_over() {
         (REGION, "hook-a", UUID_A)
     );
     // Only the claim file and the lock: no temporary left behind.
-    let mut names: Vec<String> = std::fs::read_dir(s.claims())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]);
+    assert_eq!(
+        claims_dir_names(&s.claims()),
+        [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]
+    );
 
     // hook-a has no QEMU yet but claimed just now: hook-b must wait (exit 1, one line).
     let out = s.hook(["hook-b", "prepare", "begin", "-"], b.as_bytes());
@@ -124,6 +132,30 @@ fn prepare_claims_release_drops_and_a_second_domain_waits_or_takes_over() {
         Some(format!("hook-b ({UUID_B})").as_str())
     );
     assert!(stderr(&out).contains("took over stale HBM claim"), "{}", stderr(&out));
+}
+
+/// `kill -9` during `prepare` leaves temporary claim files; the next `prepare` sweeps those older
+/// than a minute.
+#[test]
+fn prepare_sweeps_temporary_files_killed_writers_left() {
+    let fixture = setup(30);
+    let inv = inventory(fixture.host.path());
+    let xml = with_uuid(&domain_xml("hook-sweep", Path::new("/dev/null"), &inv), UUID_A);
+    std::fs::create_dir_all(fixture.claims()).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let leftovers: Vec<String> = (0..17)
+        .map(|i| format!(".0000:e3:00.0_2fnode0.claim.kill{i:02}.tmp"))
+        .collect();
+    for name in &leftovers {
+        let file = std::fs::File::create(fixture.claims().join(name)).unwrap();
+        file.set_modified(an_hour_ago).unwrap();
+    }
+    let out = fixture.hook(["hook-sweep", "prepare", "begin", "-"], xml.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        claims_dir_names(&fixture.claims()),
+        [".lock".to_string(), "0000:e3:00.0_2fnode0.claim".to_string()]
+    );
 }
 
 #[test]

@@ -105,6 +105,72 @@ fn out_is_written_atomically_and_left_alone_on_error() {
     assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
 }
 
+/// `rewrite` of the sample against the sample host (no config) into `out`.
+fn rewrite_sample_to(out: &str) -> Output {
+    run(
+        &[
+            "rewrite",
+            "--sysfs-root",
+            HOST,
+            "--config",
+            "/dev/null",
+            "--in",
+            SAMPLE,
+            "--out",
+            out,
+        ],
+        None,
+    )
+}
+
+/// `--out` naming a character device: exit 2, one line naming the path, the node untouched.
+#[test]
+fn out_naming_a_device_node_is_bad_input_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &node,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .expect("mknod c 1 3 (the tests run as root)");
+    let node_s = node.to_string_lossy().into_owned();
+    let out = rewrite_sample_to(&node_s);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "hbm-hook rewrite: error: output {node_s}: refused: {node_s} is not a regular file; name a regular file to write\n"
+        )
+    );
+    assert!(out.stdout.is_empty());
+    assert!(std::fs::symlink_metadata(&node).unwrap().file_type().is_char_device());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}
+
+/// `--out` naming a symlink: its target gets the result, the link stays a link.
+#[test]
+fn out_through_a_symlink_writes_its_target_and_keeps_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real.xml");
+    std::fs::write(&target, "old\n").unwrap();
+    let link = dir.path().join("link.xml");
+    std::os::unix::fs::symlink("real.xml", &link).unwrap();
+    let link_s = link.to_string_lossy().into_owned();
+    let out = rewrite_sample_to(&link_s);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.xml"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), GOLDEN);
+}
+
 #[test]
 fn exit_codes_for_bad_input_and_unsatisfiable_requests() {
     let dir = tempfile::tempdir().unwrap();
