@@ -163,8 +163,9 @@ pub fn discover(root: &Path, config: &DiscoveryConfig) -> Result<Inventory, Disc
     })
 }
 
-/// The SRAT, `None` when absent (root-only, masked in containers: normal) or broken (warned).
-fn read_srat(fs: &sysfs::Sysfs, warnings: &mut Vec<String>) -> Option<srat::Srat> {
+/// The SRAT under `fs`'s root, `None` when absent (root-only, masked in containers: normal) or
+/// broken (a warning is pushed).
+pub fn read_srat(fs: &sysfs::Sysfs, warnings: &mut Vec<String>) -> Option<srat::Srat> {
     match fs.read_bytes(SRAT) {
         Ok(bytes) => match srat::parse(&bytes) {
             Ok(table) => Some(table),

@@ -38,7 +38,12 @@ pub fn run(args: &VerifyGuestArgs) -> ExitCode {
         Ok(inventory) => inventory,
         Err(error) => return hbm_shell::exit_with("hbm-hook verify-guest", &VerifyGuestError::from(error)),
     };
-    let report = super::verify(&inventory);
+    let mut srat_warnings = Vec::new();
+    let srat = topology::read_srat(&topology::sysfs::Sysfs::new(&args.sysfs_root), &mut srat_warnings);
+    for warning in &srat_warnings {
+        tracing::warn!(%warning, "guest SRAT");
+    }
+    let report = super::verify(&inventory, srat.as_ref());
     if args.json {
         let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
         text.push('\n');

@@ -5,11 +5,18 @@
 //! regions that node holds (dax/`hmem` devices, soft-reserved or ordinary memory of a CPU-less
 //! node, SRAT ranges) and the node's state. [`verify`] then judges each GPU with one function
 //! per check; every failure says what the host side must change. [`cli`] is the command.
+//!
+//! The HBM size reported for a GPU is what the guest's firmware describes for its node: the
+//! enabled SRAT memory ranges of that node (the `dev -> numa_node -> SRAT -> range` walk a guest
+//! driver does); only without an SRAT is it the discovered regions' total. Whether the guest
+//! kernel could also use the range as memory (a dax device, memory onlined) is a host-side
+//! concern: it is reported as a note, never as a failure.
 
 pub mod cli;
 mod report;
 
 use serde::Serialize;
+use topology::srat::Srat;
 use topology::{Gpu, Health, Inventory, Memmap, NumaNode, Region};
 
 pub use report::render_text;
@@ -17,7 +24,7 @@ pub use report::render_text;
 /// One check that failed for a GPU, and what the host must change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// Which check: `numa-node`, `node-present`, `node-online`, `cpu-less`, `hbm`, `health`.
+    /// Which check: `numa-node`, `node-present`, `node-online`, `cpu-less`, `hbm`.
     pub check: &'static str,
     /// What the guest shows.
     pub message: String,
@@ -39,6 +46,13 @@ pub struct HbmRange {
     pub source: &'static str,
 }
 
+/// One enabled SRAT memory affinity range of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FirmwareRange {
+    pub base: u64,
+    pub length: u64,
+}
+
 /// The node a GPU's `numa_node` names, as the guest shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeView {
@@ -48,6 +62,8 @@ pub struct NodeView {
     /// Listed in `has_generic_initiator`: an ACPI Generic Initiator keeps it online.
     pub generic_initiator: bool,
     pub mem_total_bytes: u64,
+    /// The node's enabled SRAT memory ranges (empty without an SRAT).
+    pub srat_ranges: Vec<FirmwareRange>,
 }
 
 /// The verdict for one GPU.
@@ -58,10 +74,14 @@ pub struct GpuVerdict {
     pub numa_node: Option<u32>,
     pub node: Option<NodeView>,
     pub hbm: Vec<HbmRange>,
+    /// The node's SRAT ranges in bytes, or (without an SRAT) the regions' total.
     pub hbm_bytes: u64,
     /// `spm` or `normal` when every range agrees, `mixed` otherwise, `null` without ranges.
     pub marking: Option<&'static str>,
     pub problems: Vec<Problem>,
+    /// What the guest shows that is no failure (e.g. a range the guest kernel cannot use as
+    /// memory: the GPU driver claims soft-reserved ranges itself).
+    pub notes: Vec<String>,
     pub ok: bool,
 }
 
@@ -75,18 +95,22 @@ pub struct GuestReport {
 const GI_FIX: &str = "on the host: use QEMU >= 9.0 and the rewriter's Generic Initiator for this device \
 (acpi-generic-initiator or libvirt's <acpi nodeset>), with the device behind a pcie-expander-bus whose <node> is the HBM cell";
 
-/// Judges every GPU of a guest inventory.
-pub fn verify(inventory: &Inventory) -> GuestReport {
-    let gpus: Vec<GpuVerdict> = inventory.gpus.iter().map(|gpu| verify_gpu(inventory, gpu)).collect();
+/// Judges every GPU of a guest inventory, with the guest's SRAT when it has one.
+pub fn verify(inventory: &Inventory, srat: Option<&Srat>) -> GuestReport {
+    let gpus: Vec<GpuVerdict> = inventory
+        .gpus
+        .iter()
+        .map(|gpu| verify_gpu(inventory, srat, gpu))
+        .collect();
     let ok = !gpus.is_empty() && gpus.iter().all(|g| g.ok);
     GuestReport { gpus, ok }
 }
 
-fn verify_gpu(inventory: &Inventory, gpu: &Gpu) -> GpuVerdict {
+fn verify_gpu(inventory: &Inventory, srat: Option<&Srat>, gpu: &Gpu) -> GpuVerdict {
     let node = gpu
         .numa_node
         .and_then(|id| inventory.nodes.iter().find(|n| n.id == id))
-        .map(node_view);
+        .map(|n| node_view(n, srat));
     let regions: Vec<&Region> = inventory.regions_of(gpu.address).collect();
     let hbm: Vec<HbmRange> = regions.iter().map(|r| hbm_range(r)).collect();
     let mut problems = Vec::new();
@@ -95,13 +119,13 @@ fn verify_gpu(inventory: &Inventory, gpu: &Gpu) -> GpuVerdict {
     problems.extend(node.as_ref().and_then(check_node_online));
     problems.extend(node.as_ref().and_then(check_cpu_less));
     problems.extend(check_hbm(gpu, &hbm));
-    problems.extend(regions.iter().filter_map(|r| check_health(r)));
     GpuVerdict {
         address: gpu.address.to_string(),
         class: gpu.class.clone(),
         numa_node: gpu.numa_node,
-        hbm_bytes: hbm.iter().map(|r| r.size_bytes).fold(0, u64::saturating_add),
+        hbm_bytes: hbm_bytes(node.as_ref(), &hbm),
         marking: marking(&hbm),
+        notes: regions.iter().filter_map(|r| health_note(r)).collect(),
         ok: problems.is_empty(),
         node,
         hbm,
@@ -109,13 +133,39 @@ fn verify_gpu(inventory: &Inventory, gpu: &Gpu) -> GpuVerdict {
     }
 }
 
-fn node_view(node: &NumaNode) -> NodeView {
+fn node_view(node: &NumaNode, srat: Option<&Srat>) -> NodeView {
+    let srat_ranges = srat
+        .map(|table| {
+            table
+                .memory_of_node(node.id)
+                .map(|m| FirmwareRange {
+                    base: m.base,
+                    length: m.length,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     NodeView {
         id: node.id,
         online: node.online,
         cpu_less: node.cpus.trim().is_empty(),
         generic_initiator: node.generic_initiator,
         mem_total_bytes: node.mem_total_bytes,
+        srat_ranges,
+    }
+}
+
+/// What the firmware gives the node (its SRAT ranges) when the guest has an SRAT and any range
+/// was found for the GPU; the discovered regions' total otherwise.
+fn hbm_bytes(node: Option<&NodeView>, hbm: &[HbmRange]) -> u64 {
+    let regions_total = hbm.iter().map(|r| r.size_bytes).fold(0, u64::saturating_add);
+    match node {
+        Some(view) if !view.srat_ranges.is_empty() && !hbm.is_empty() => view
+            .srat_ranges
+            .iter()
+            .map(|r| r.length)
+            .fold(0, u64::saturating_add),
+        _ => regions_total,
     }
 }
 
@@ -191,16 +241,14 @@ fn check_hbm(gpu: &Gpu, hbm: &[HbmRange]) -> Option<Problem> {
     })
 }
 
-fn check_health(region: &Region) -> Option<Problem> {
+/// A range discovery marks unhealthy (e.g. soft reserved with no dax device to reach it): the
+/// GPU driver still finds it through the SRAT, so this is a note, not a failure.
+fn health_note(region: &Region) -> Option<String> {
     if region.health == Health::Healthy {
         return None;
     }
     let reason = region.reason.as_deref().unwrap_or("unhealthy");
-    Some(Problem {
-        check: "health",
-        message: format!("region {}: {reason}", region.id),
-        host_fix: "see the reason; the guest cannot use this range as it is".to_string(),
-    })
+    Some(format!("region {}: {reason}", region.id))
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub fn render_text(report: &GuestReport) -> String {
                 range.source
             );
         }
+        for note in &gpu.notes {
+            let _ = writeln!(text, "  note: {note}");
+        }
         for problem in &gpu.problems {
             let _ = writeln!(
                 text,
