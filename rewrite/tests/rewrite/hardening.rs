@@ -1,0 +1,57 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Issue 12's hardening of the rewriter: checked size arithmetic, a UTF-8 BOM, CRLF line ends,
+//! malformed XML the parser must refuse, what a missing size cap means, and records whose
+//! additions no longer match what they say was added.
+
+use hbm_rewrite::{RewriteError, RewriteOptions, Rewritten, rewrite};
+use topology::{Inventory, PciAddress};
+
+const GIB: u64 = 1 << 30;
+const SAMPLE: &str = include_str!("../../../examples/domains/gpu-vm.xml");
+
+/// GPU 0000:c1:00.0 (the sample's) with `size` bytes of HBM online in host node 3.
+fn host(size: u64) -> Inventory {
+    let mut inventory = Inventory::empty("/");
+    inventory.regions = vec![topology::fixture::region(PciAddress::new(0, 0xc1, 0, 0), 3, size)];
+    inventory
+}
+
+fn rewritten(xml: &str) -> Result<Rewritten, RewriteError> {
+    rewrite(xml, &host(16 * GIB), &RewriteOptions::default())
+}
+
+/// The refusal of `xml` as (exit code, message).
+fn refusal(xml: &str) -> (u8, String) {
+    let error = rewritten(xml).unwrap_err();
+    (error.exit_code(), error.to_string())
+}
+
+#[test]
+fn a_memory_size_near_the_top_of_u64_is_bad_input_not_a_panic() {
+    let huge = SAMPLE.replace(
+        "<memory unit='GiB'>8</memory>",
+        "<memory unit='b'>18446744072635809792</memory>",
+    );
+    assert_eq!(
+        refusal(&huge),
+        (
+            2,
+            "domain XML line 4: <memory>: the guest memory plus the HBM cells does not fit the 64-bit guest-physical address space; check the memory amounts and units".to_string()
+        )
+    );
+}
+
+#[test]
+fn a_cell_size_near_the_top_of_u64_is_bad_input_not_a_panic() {
+    let huge = SAMPLE.replace(
+        "<cpu mode='host-passthrough'/>",
+        "<cpu mode='host-passthrough'>\n    <numa>\n      <cell id='0' cpus='0-3' memory='18446744072635809792' unit='b'/>\n    </numa>\n  </cpu>",
+    );
+    assert_eq!(
+        refusal(&huge),
+        (
+            2,
+            "domain XML line 18: <numa>: the guest memory plus the HBM cells does not fit the 64-bit guest-physical address space; check the memory amounts and units".to_string()
+        )
+    );
+}
