@@ -55,3 +55,24 @@ fn a_cell_size_near_the_top_of_u64_is_bad_input_not_a_panic() {
         )
     );
 }
+
+#[test]
+fn malformed_xml_that_xmllint_rejects_is_bad_input() {
+    for (from, to, line) in [
+        ("<name>gpu-vm</name>", "<name>gpu\u{0}vm</name>", 2),
+        ("<name>gpu-vm</name>", "<name>gpu\u{1}vm</name>", 2),
+        ("<apic/>", "<1bad/>", 15),
+        ("<apic/>", "<a:b:c/>", 15),
+        ("<name>gpu-vm</name>", "<name>gpu]]>vm</name>", 2),
+        ("<apic/>", "<!-- a -- b -->", 15),
+        ("<name>gpu-vm</name>", "<name x=\"a&b\">gpu-vm</name>", 2),
+    ] {
+        let xml = SAMPLE.replacen(from, to, 1);
+        let error = rewritten(&xml).unwrap_err();
+        assert!(
+            matches!(&error, RewriteError::Malformed { line: at, .. } if *at == line),
+            "{to:?}: {error:?}"
+        );
+        assert_eq!(error.exit_code(), 2);
+    }
+}
