@@ -265,6 +265,14 @@ impl<'a> Indexer<'a> {
     }
 }
 
+/// A reader position (counted from `base`) as an offset into the whole source.
+fn offset_in(base: usize, position: u64) -> usize {
+    usize::try_from(position)
+        .ok()
+        .and_then(|position| position.checked_add(base))
+        .unwrap_or(usize::MAX)
+}
+
 /// quick-xml reads attributes lazily: checks them now (syntax, duplicates, names, no `<`).
 fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(), RewriteError> {
     for attr in tag.attributes() {
@@ -298,7 +306,14 @@ impl<'a> Document<'a> {
     /// any DOCTYPE (so no entity declaration can ever be expanded) and unknown entity references.
     pub fn parse(src: &'a str) -> Result<Self, RewriteError> {
         check_chars(src)?;
-        let mut reader = Reader::from_str(src);
+        // A UTF-8 byte order mark is no markup: the reader starts after it and every offset it
+        // reports is moved by the mark's length, so offsets stay offsets into `src` (which
+        // keeps the mark, and so does every rewrite of it).
+        let (body, base) = match src.strip_prefix('\u{feff}') {
+            Some(rest) => (rest, src.len() - rest.len()),
+            None => (src, 0),
+        };
+        let mut reader = Reader::from_str(body);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
@@ -309,15 +324,15 @@ impl<'a> Document<'a> {
             root: None,
         };
         loop {
-            let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            let before = offset_in(base, reader.buffer_position());
             let event = reader.read_event().map_err(|err| {
-                let at = usize::try_from(reader.error_position()).unwrap_or(0);
+                let at = offset_in(base, reader.error_position());
                 malformed(src, at, err.to_string())
             })?;
             if matches!(event, Event::Eof) {
                 break;
             }
-            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            let after = offset_in(base, reader.buffer_position());
             indexer.event(&event, before, after)?;
         }
         indexer.finish()

@@ -76,3 +76,26 @@ fn malformed_xml_that_xmllint_rejects_is_bad_input() {
         assert_eq!(error.exit_code(), 2);
     }
 }
+
+/// Rewrites `xml`, checks it is idempotent and that a run for a host without HBM gives back the
+/// input byte for byte; returns the output.
+fn round_trip(xml: &str) -> String {
+    let out = rewritten(xml).unwrap();
+    assert!(out.changed);
+    let again = rewritten(&out.xml).unwrap();
+    assert_eq!(again.xml, out.xml, "a second rewrite must give the same bytes");
+    let removed = rewrite(&out.xml, &Inventory::empty("/"), &RewriteOptions::default()).unwrap();
+    assert_eq!(removed.xml, xml, "undo must give back the input");
+    out.xml
+}
+
+#[test]
+fn a_utf8_bom_is_kept_and_the_document_rewritten_as_without_it() {
+    let plain = round_trip(SAMPLE);
+    let with_bom = round_trip(&format!("\u{feff}{SAMPLE}"));
+    assert_eq!(with_bom, format!("\u{feff}{plain}"));
+    assert_eq!(
+        hbm_rewrite::read_metadata(&with_bom).unwrap().unwrap().claimed,
+        hbm_rewrite::read_metadata(&plain).unwrap().unwrap().claimed
+    );
+}
