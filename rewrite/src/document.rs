@@ -541,6 +541,13 @@ impl Edits {
         self.replace(at, at, text);
     }
 
+    /// Rewrites the text of every edit with `map`.
+    pub fn map_texts(&mut self, map: impl Fn(&str) -> String) {
+        for item in &mut self.items {
+            item.2 = map(&item.2);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

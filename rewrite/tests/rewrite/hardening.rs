@@ -99,3 +99,19 @@ fn a_utf8_bom_is_kept_and_the_document_rewritten_as_without_it() {
         hbm_rewrite::read_metadata(&plain).unwrap().unwrap().claimed
     );
 }
+
+#[test]
+fn a_crlf_document_gets_crlf_additions_and_undo_gives_it_back() {
+    let plain = round_trip(SAMPLE);
+    let crlf = round_trip(&SAMPLE.replace('\n', "\r\n"));
+    assert_eq!(crlf, plain.replace('\n', "\r\n"));
+}
+
+#[test]
+fn a_one_line_crlf_document_stays_one_line() {
+    let one_line: String = SAMPLE.lines().map(str::trim).collect();
+    let crlf = format!("{one_line}\r\n");
+    let out = round_trip(&crlf);
+    assert_eq!(out.matches('\n').count(), 1);
+    assert!(out.ends_with("</domain>\r\n"));
+}
