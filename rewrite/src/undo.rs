@@ -198,7 +198,7 @@ mod tests {
 
     /// `xml` with a record of `ops` appended to its `<metadata>`, undone.
     fn undone(domain: &str, ops: Vec<UndoOp>) -> String {
-        let record = render_applied("hbm", &[], &ops, '\'');
+        let record = render_applied("hbm", &[], &ops, &[], '\'');
         let xml = domain.replace(
             "<metadata/>",
             &format!("<metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}'>{record}</hbm:passthrough></metadata>"),
