@@ -185,6 +185,7 @@ impl<'a> Indexer<'a> {
             return Err(malformed(self.src, start, format!("{name:?} is not an XML name")));
         }
         check_attributes(self.src, tag, start)?;
+        check_attribute_separation(self.src, start, after)?;
         let parent = self.stack.last().copied();
         let idx = self.elements.len();
         if parent.is_none() {
@@ -271,6 +272,35 @@ fn offset_in(base: usize, position: u64) -> usize {
         .ok()
         .and_then(|position| position.checked_add(base))
         .unwrap_or(usize::MAX)
+}
+
+/// XML wants white space between attributes (`a='1'b='2'` is not well-formed); quick-xml does
+/// not check it. Scans the start tag `[start, end)`: after each closing quote comes white space,
+/// `/` or `>`.
+fn check_attribute_separation(src: &str, start: usize, end: usize) -> Result<(), RewriteError> {
+    let tag = src.as_bytes().get(start..end).unwrap_or_default();
+    let mut quote: Option<u8> = None;
+    for (position, byte) in tag.iter().enumerate() {
+        match quote {
+            Some(open) if *byte == open => {
+                quote = None;
+                let next = tag.get(position + 1).copied().unwrap_or(b'>');
+                if !is_xml_space(next) && next != b'/' && next != b'>' {
+                    let rest = &src[start + position + 1..end];
+                    let name = rest.split(['=', '/', '>']).next().unwrap_or(rest);
+                    return Err(malformed(
+                        src,
+                        start,
+                        format!("no white space before {name} (attributes are separated by white space)"),
+                    ));
+                }
+            }
+            Some(_) => {}
+            None if matches!(byte, b'\'' | b'"') => quote = Some(*byte),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// quick-xml reads attributes lazily: checks them now (syntax, duplicates, names, no `<`).
@@ -709,6 +739,8 @@ mod tests {
         assert!(reason("<a><!-- a ---></a>").contains("\"--\" inside a comment"));
         assert!(reason("<a><name x=\"a&b\"/></a>").contains("bad attribute"));
         assert!(reason("<a><name x=\"&foo;\"/></a>").contains("bad attribute"));
+        assert!(reason("<a><c i=' 1'm='x'/></a>").contains("no white space before m"));
+        assert!(reason("<a i='1'm='x'></a>").contains("no white space before m"));
         // Still accepted: what XML allows.
         for good in [
             "<a>\t\r\n\u{e9}\u{10000}</a>",
