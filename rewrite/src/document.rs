@@ -54,12 +54,44 @@ pub struct Document<'a> {
     pub root: usize,
 }
 
-/// A plausible attribute name: not empty, no white space or markup characters.
-fn is_attr_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name
-            .bytes()
-            .any(|b| is_xml_space(b) || matches!(b, b'=' | b'"' | b'\'' | b'<' | b'>' | b'/'))
+/// An XML name with at most one namespace colon, not first or last (`domain`, `qemu:arg`,
+/// `xmlns:hbm`): each part starts with a letter or `_` and goes on with letters, digits, `-`,
+/// `.`, `_` (non-ASCII letters allowed).
+fn is_qualified_name(name: &str) -> bool {
+    let mut parts = name.split(':');
+    let first = parts.next().is_some_and(is_ncname);
+    let second = parts.next().is_none_or(is_ncname);
+    first && second && parts.next().is_none()
+}
+
+/// One part of a qualified name.
+fn is_ncname(part: &str) -> bool {
+    let mut chars = part.chars();
+    chars.next().is_some_and(|first| first.is_alphabetic() || first == '_')
+        && chars.all(|rest| rest.is_alphanumeric() || matches!(rest, '-' | '.' | '_' | '\u{b7}') || !rest.is_ascii())
+}
+
+/// A character XML 1.0 allows in a document (`Char`): tab, LF, CR, and from U+0020 on except
+/// U+FFFE and U+FFFF (a `str` holds no surrogates).
+fn is_xml_char(ch: char) -> bool {
+    matches!(ch, '\t' | '\n' | '\r') || (ch >= ' ' && ch != '\u{fffe}' && ch != '\u{ffff}')
+}
+
+/// Refuses a character XML does not allow anywhere in the document (NUL, C0 controls).
+fn check_chars(src: &str) -> Result<(), RewriteError> {
+    let Some((offset, ch)) = src.char_indices().find(|(_, ch)| !is_xml_char(*ch)) else {
+        return Ok(());
+    };
+    let line_start = src[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let column = src[line_start..offset].chars().count() + 1;
+    Err(malformed(
+        src,
+        offset,
+        format!(
+            "character U+{:04X} at column {column} is not allowed in XML",
+            u32::from(ch)
+        ),
+    ))
 }
 
 /// XML's white space: space, tab, CR, LF (not form feed or other control characters).
@@ -105,6 +137,9 @@ impl<'a> Indexer<'a> {
                 Ok(())
             }
             Event::Text(text) => {
+                if text.as_ref().contains("]]>") {
+                    return Err(malformed(self.src, before, "\"]]>\" in text (write ]]&gt;)"));
+                }
                 if self.stack.is_empty() && !text.as_ref().trim().is_empty() {
                     return Err(malformed(
                         self.src,
@@ -120,6 +155,9 @@ impl<'a> Indexer<'a> {
             }),
             Event::CData(_) if self.stack.is_empty() => {
                 Err(malformed(self.src, before, "CDATA outside the root element"))
+            }
+            Event::Comment(comment) if comment.as_ref().contains("--") || comment.as_ref().ends_with('-') => {
+                Err(malformed(self.src, before, "\"--\" inside a comment"))
             }
             Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::Eof => Ok(()),
         }
@@ -142,7 +180,12 @@ impl<'a> Indexer<'a> {
         self_closing: bool,
     ) -> Result<(), RewriteError> {
         let start = self.markup_start(before, after);
+        let name = tag.name().as_ref().to_string();
+        if !is_qualified_name(&name) {
+            return Err(malformed(self.src, start, format!("{name:?} is not an XML name")));
+        }
         check_attributes(self.src, tag, start)?;
+        check_attribute_separation(self.src, start, after)?;
         let parent = self.stack.last().copied();
         let idx = self.elements.len();
         if parent.is_none() {
@@ -223,6 +266,43 @@ impl<'a> Indexer<'a> {
     }
 }
 
+/// A reader position (counted from `base`) as an offset into the whole source.
+fn offset_in(base: usize, position: u64) -> usize {
+    usize::try_from(position)
+        .ok()
+        .and_then(|position| position.checked_add(base))
+        .unwrap_or(usize::MAX)
+}
+
+/// XML wants white space between attributes (`a='1'b='2'` is not well-formed); quick-xml does
+/// not check it. Scans the start tag `[start, end)`: after each closing quote comes white space,
+/// `/` or `>`.
+fn check_attribute_separation(src: &str, start: usize, end: usize) -> Result<(), RewriteError> {
+    let tag = src.as_bytes().get(start..end).unwrap_or_default();
+    let mut quote: Option<u8> = None;
+    for (position, byte) in tag.iter().enumerate() {
+        match quote {
+            Some(open) if *byte == open => {
+                quote = None;
+                let next = tag.get(position + 1).copied().unwrap_or(b'>');
+                if !is_xml_space(next) && next != b'/' && next != b'>' {
+                    let rest = &src[start + position + 1..end];
+                    let name = rest.split(['=', '/', '>']).next().unwrap_or(rest);
+                    return Err(malformed(
+                        src,
+                        start,
+                        format!("no white space before {name} (attributes are separated by white space)"),
+                    ));
+                }
+            }
+            Some(_) => {}
+            None if matches!(byte, b'\'' | b'"') => quote = Some(*byte),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// quick-xml reads attributes lazily: checks them now (syntax, duplicates, names, no `<`).
 fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(), RewriteError> {
     for attr in tag.attributes() {
@@ -235,13 +315,17 @@ fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(),
         };
         match attr {
             Err(err) => return Err(bad(err.to_string())),
-            Ok(attr) if !is_attr_name(attr.key.as_ref()) => {
+            Ok(attr) if !is_qualified_name(attr.key.as_ref()) => {
                 return Err(bad(format!("{:?} is not an attribute name", attr.key.as_ref())));
             }
             Ok(attr) if attr.value.contains('<') => {
                 return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
             }
-            Ok(_) => {}
+            Ok(attr) => {
+                if let Err(err) = quick_xml::escape::unescape(&attr.value) {
+                    return Err(bad(format!("value of {}: {err} (write & as &amp;)", attr.key.as_ref())));
+                }
+            }
         }
     }
     Ok(())
@@ -251,7 +335,15 @@ impl<'a> Document<'a> {
     /// Indexes `src`. Rejects what is not one well-formed element with optional prolog/comments,
     /// any DOCTYPE (so no entity declaration can ever be expanded) and unknown entity references.
     pub fn parse(src: &'a str) -> Result<Self, RewriteError> {
-        let mut reader = Reader::from_str(src);
+        check_chars(src)?;
+        // A UTF-8 byte order mark is no markup: the reader starts after it and every offset it
+        // reports is moved by the mark's length, so offsets stay offsets into `src` (which
+        // keeps the mark, and so does every rewrite of it).
+        let (body, base) = match src.strip_prefix('\u{feff}') {
+            Some(rest) => (rest, src.len() - rest.len()),
+            None => (src, 0),
+        };
+        let mut reader = Reader::from_str(body);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
@@ -262,15 +354,15 @@ impl<'a> Document<'a> {
             root: None,
         };
         loop {
-            let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            let before = offset_in(base, reader.buffer_position());
             let event = reader.read_event().map_err(|err| {
-                let at = usize::try_from(reader.error_position()).unwrap_or(0);
+                let at = offset_in(base, reader.error_position());
                 malformed(src, at, err.to_string())
             })?;
             if matches!(event, Event::Eof) {
                 break;
             }
-            let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+            let after = offset_in(base, reader.buffer_position());
             indexer.event(&event, before, after)?;
         }
         indexer.finish()
@@ -479,6 +571,13 @@ impl Edits {
         self.replace(at, at, text);
     }
 
+    /// Rewrites the text of every edit with `map`.
+    pub fn map_texts(&mut self, map: impl Fn(&str) -> String) {
+        for item in &mut self.items {
+            item.2 = map(&item.2);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -622,5 +721,34 @@ mod tests {
         assert!(is_xml_space(b'\t') && !is_xml_space(0x0c));
         assert_eq!(line_of("a\nb\nc", 4), 3);
         assert_eq!(line_of("a", 99), 1);
+    }
+
+    #[test]
+    fn what_xml_forbids_is_refused_with_its_line() {
+        assert_eq!(
+            reason("<a>\n<b>x\u{0}y</b></a>"),
+            "domain XML line 2: not well-formed XML: character U+0000 at column 5 is not allowed in XML; fix the XML and retry"
+        );
+        assert!(reason("<a>\u{1}</a>").contains("character U+0001 at column 4"));
+        assert!(reason("<a b='\u{1}'/>").contains("character U+0001"));
+        assert!(reason("<a><1bad/></a>").contains("\"1bad\" is not an XML name"));
+        assert!(reason("<a><a:b:c/></a>").contains("\"a:b:c\" is not an XML name"));
+        assert!(reason("<a><b :x='1'/></a>").contains("\":x\" is not an attribute name"));
+        assert!(reason("<a>x ]]> y</a>").contains("\"]]>\" in text"));
+        assert!(reason("<a><!-- a -- b --></a>").contains("\"--\" inside a comment"));
+        assert!(reason("<a><!-- a ---></a>").contains("\"--\" inside a comment"));
+        assert!(reason("<a><name x=\"a&b\"/></a>").contains("bad attribute"));
+        assert!(reason("<a><name x=\"&foo;\"/></a>").contains("bad attribute"));
+        assert!(reason("<a><c i=' 1'm='x'/></a>").contains("no white space before m"));
+        assert!(reason("<a i='1'm='x'></a>").contains("no white space before m"));
+        // Still accepted: what XML allows.
+        for good in [
+            "<a>\t\r\n\u{e9}\u{10000}</a>",
+            "<a><![CDATA[ x ]] > ]]></a>",
+            "<a><!-- a - b --></a>",
+            "<a:b xmlns:a='u' x='&amp;&#10;'><_c.d-e/></a:b>",
+        ] {
+            assert!(Document::parse(good).is_ok(), "{good:?}");
+        }
     }
 }

@@ -15,6 +15,8 @@
 //! | `dax`         | `path=/dev/daxX.Y`, `align=<bytes>`  | back cell K with `memory-backend-file` on the device  |
 //!
 //! `size` is the cell's size as the rewriter wrote it; the adapter checks it against argv.
+//! The grammar is strict: an unknown kind, a field given twice, a field of another kind, a
+//! missing field or a value that does not parse is an error naming the instruction and field.
 
 use std::fmt;
 
@@ -115,14 +117,29 @@ struct Fields {
     align: Option<u64>,
 }
 
-/// One `<kind>:<key>=<value>,...` instruction.
+/// Every field any instruction kind has.
+const ALL_FIELDS: [&str; 5] = ["cell", "size", "type", "path", "align"];
+
+/// The fields of instruction kind `kind` (all required), `None` for an unknown kind.
+fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "memmap-type" => Some(&["cell", "size", "type"]),
+        "sp-mem" => Some(&["cell", "size"]),
+        "dax" => Some(&["cell", "size", "path", "align"]),
+        _ => None,
+    }
+}
+
+/// One `<kind>:<key>=<value>,...` instruction: a known kind, each of its fields exactly once,
+/// no field of another kind.
 fn parse_instruction(part: &str) -> Result<Instruction, InstructionError> {
     let (kind, fields) = part.split_once(':').unwrap_or((part, ""));
+    let allowed = fields_of(kind).ok_or_else(|| InstructionError::UnknownKind(kind.to_string()))?;
     let field_err = |why: &str| InstructionError::Field {
         kind: kind.to_string(),
         why: why.to_string(),
     };
-    let given = parse_fields(kind, fields)?;
+    let given = parse_fields(kind, allowed, fields)?;
     let cell = given.cell.ok_or_else(|| field_err("missing cell="))?;
     let size_bytes = given.size.ok_or_else(|| field_err("missing size="))?;
     Ok(match kind {
@@ -132,50 +149,67 @@ fn parse_instruction(part: &str) -> Result<Instruction, InstructionError> {
             memmap: given.memmap.ok_or_else(|| field_err("missing type="))?,
         },
         "sp-mem" => Instruction::SpMem { cell, size_bytes },
-        "dax" => Instruction::Dax {
+        _ => Instruction::Dax {
             cell,
             size_bytes,
             path: given.path.ok_or_else(|| field_err("missing path="))?,
             align: given.align.ok_or_else(|| field_err("missing align="))?,
         },
-        other => return Err(InstructionError::UnknownKind(other.to_string())),
     })
 }
 
-/// The `key=value` fields of an instruction of kind `kind`.
-fn parse_fields(kind: &str, fields: &str) -> Result<Fields, InstructionError> {
+/// The `key=value` fields of an instruction of kind `kind`, whose fields are `allowed`.
+fn parse_fields(kind: &str, allowed: &[&str], fields: &str) -> Result<Fields, InstructionError> {
     let field_err = |why: String| InstructionError::Field {
         kind: kind.to_string(),
         why,
     };
     let mut given = Fields::default();
+    let mut seen: Vec<&str> = Vec::new();
     for field in fields.split(',').filter(|field| !field.is_empty()) {
         let (key, value) = field
             .split_once('=')
             .ok_or_else(|| field_err(format!("field {field:?} is not key=value")))?;
-        let number = |value: &str| {
-            value
-                .parse::<u64>()
-                .map_err(|_| field_err(format!("{key}={value:?} is not a number")))
-        };
-        match key {
-            "cell" => {
-                let cell =
-                    u32::try_from(number(value)?).map_err(|_| field_err(format!("cell={value} out of range")))?;
-                given.cell = Some(cell);
-            }
-            "size" => given.size = Some(number(value)?),
-            "type" => {
-                let memmap = MemmapType::parse(value)
-                    .ok_or_else(|| field_err(format!("type={value:?} (expected spm, reserved or normal)")))?;
-                given.memmap = Some(memmap);
-            }
-            "path" => given.path = Some(value.to_string()),
-            "align" => given.align = Some(number(value)?),
-            _ => return Err(field_err(format!("unknown field {key:?}"))),
+        if !ALL_FIELDS.contains(&key) {
+            return Err(field_err(format!("unknown field {key:?}")));
         }
+        if !allowed.contains(&key) {
+            return Err(field_err(format!(
+                "field {key:?} does not belong to {kind} (its fields: {})",
+                allowed.join(", ")
+            )));
+        }
+        if seen.contains(&key) {
+            return Err(field_err(format!("field {key:?} given twice")));
+        }
+        seen.push(key);
+        set_field(&mut given, key, value).map_err(field_err)?;
     }
     Ok(given)
+}
+
+/// Stores the value of field `key` (one of [`ALL_FIELDS`]).
+fn set_field(given: &mut Fields, key: &str, value: &str) -> Result<(), String> {
+    let number = |value: &str| {
+        value
+            .parse::<u64>()
+            .map_err(|_| format!("{key}={value:?} is not a number"))
+    };
+    match key {
+        "cell" => {
+            let cell = u32::try_from(number(value)?).map_err(|_| format!("cell={value} out of range"))?;
+            given.cell = Some(cell);
+        }
+        "size" => given.size = Some(number(value)?),
+        "type" => {
+            let memmap =
+                MemmapType::parse(value).ok_or_else(|| format!("type={value:?} (expected spm, reserved or normal)"))?;
+            given.memmap = Some(memmap);
+        }
+        "path" => given.path = Some(value.to_string()),
+        _ => given.align = Some(number(value)?),
+    }
+    Ok(())
 }
 
 /// The wire form of `instructions` (inverse of [`parse`]).
@@ -295,6 +329,43 @@ mod tests {
         assert_eq!(
             parse(" v1;;sp-mem:cell=1,size=2; "),
             Ok(vec![Instruction::SpMem { cell: 1, size_bytes: 2 }])
+        );
+    }
+
+    #[test]
+    fn the_grammar_is_strict_about_kinds_duplicates_and_foreign_fields() {
+        assert_eq!(
+            parse("v1;frob:cell=1"),
+            Err(InstructionError::UnknownKind("frob".into()))
+        );
+        assert_eq!(parse("v1;frob"), Err(InstructionError::UnknownKind("frob".into())));
+        assert_eq!(
+            parse("v1;sp-mem:cell=1,cell=0,size=1"),
+            Err(InstructionError::Field {
+                kind: "sp-mem".into(),
+                why: "field \"cell\" given twice".into()
+            })
+        );
+        assert_eq!(
+            parse("v1;sp-mem:cell=1,size=1,path=/x,type=spm"),
+            Err(InstructionError::Field {
+                kind: "sp-mem".into(),
+                why: "field \"path\" does not belong to sp-mem (its fields: cell, size)".into()
+            })
+        );
+        assert_eq!(
+            parse("v1;memmap-type:cell=1,size=1,type=spm,align=2"),
+            Err(InstructionError::Field {
+                kind: "memmap-type".into(),
+                why: "field \"align\" does not belong to memmap-type (its fields: cell, size, type)".into()
+            })
+        );
+        assert_eq!(
+            parse("v1;dax:cell=1,size=1,path=/dev/dax0.0,align=2,type=spm"),
+            Err(InstructionError::Field {
+                kind: "dax".into(),
+                why: "field \"type\" does not belong to dax (its fields: cell, size, path, align)".into()
+            })
         );
     }
 }

@@ -17,38 +17,47 @@ pub struct GpaRange {
     pub size: u64,
 }
 
-/// The guest-physical ranges of every cell, given the cells' sizes in cell order.
-pub fn guest_ranges(cell_sizes: &[u64]) -> Vec<Vec<GpaRange>> {
-    let total: u64 = cell_sizes.iter().fold(0u64, |sum, size| sum.saturating_add(*size));
+/// The guest-physical ranges of every cell, given the cells' sizes in cell order; `None` when
+/// the layout would end beyond the 64-bit guest-physical address space (every sum is checked, so
+/// absurd sizes are refused in every build instead of wrapping or panicking).
+pub fn guest_ranges(cell_sizes: &[u64]) -> Option<Vec<Vec<GpaRange>>> {
+    let total = cell_sizes.iter().try_fold(0u64, |sum, size| sum.checked_add(*size))?;
     let below_4g = if total >= Q35_LOWMEM_LIMIT {
         Q35_LOWMEM_LARGE
     } else {
         total
     };
+    // The highest address: what is above `below_4g` moves up to start at 4 GiB.
+    total.checked_add(FOUR_GIB - below_4g.min(FOUR_GIB))?;
     let mut offset = 0u64;
     let mut out = Vec::with_capacity(cell_sizes.len());
     for size in cell_sizes {
         let start = offset;
-        let end = offset.saturating_add(*size);
+        let end = offset.checked_add(*size)?;
         offset = end;
-        let mut ranges = Vec::new();
-        if start < below_4g {
-            let low_end = end.min(below_4g);
-            ranges.push(GpaRange {
-                start,
-                size: low_end - start,
-            });
-        }
-        if end > below_4g {
-            let high_start = start.max(below_4g);
-            ranges.push(GpaRange {
-                start: high_start - below_4g + FOUR_GIB,
-                size: end - high_start,
-            });
-        }
-        out.push(ranges);
+        out.push(cell_ranges(start, end, below_4g)?);
     }
-    out
+    Some(out)
+}
+
+/// The ranges of the RAM block part `[start, end)`: below `below_4g` as is, the rest moved up.
+fn cell_ranges(start: u64, end: u64, below_4g: u64) -> Option<Vec<GpaRange>> {
+    let mut ranges = Vec::new();
+    if start < below_4g {
+        let low_end = end.min(below_4g);
+        ranges.push(GpaRange {
+            start,
+            size: low_end.checked_sub(start)?,
+        });
+    }
+    if end > below_4g {
+        let high_start = start.max(below_4g);
+        ranges.push(GpaRange {
+            start: (high_start - below_4g).checked_add(FOUR_GIB)?,
+            size: end.checked_sub(high_start)?,
+        });
+    }
+    Some(ranges)
 }
 
 #[cfg(test)]
@@ -57,7 +66,7 @@ mod tests {
 
     #[test]
     fn small_guest_is_all_below_4g() {
-        let r = guest_ranges(&[1 << 30, 512 << 20]);
+        let r = guest_ranges(&[1 << 30, 512 << 20]).unwrap();
         assert_eq!(
             r[0],
             vec![GpaRange {
@@ -77,7 +86,7 @@ mod tests {
     #[test]
     fn large_guest_splits_at_2g_and_the_crossing_cell_gets_two_ranges() {
         // 1.5 GiB + 2 GiB = 3.5 GiB >= 2.75 GiB: 2 GiB below 4G.
-        let r = guest_ranges(&[3 << 29, 2 << 30]);
+        let r = guest_ranges(&[3 << 29, 2 << 30]).unwrap();
         assert_eq!(
             r[0],
             vec![GpaRange {
@@ -102,7 +111,7 @@ mod tests {
 
     #[test]
     fn cell_entirely_above_4g() {
-        let r = guest_ranges(&[4 << 30, 64 << 30]);
+        let r = guest_ranges(&[4 << 30, 64 << 30]).unwrap();
         assert_eq!(
             r[0],
             vec![
@@ -122,6 +131,21 @@ mod tests {
                 start: FOUR_GIB + (2 << 30),
                 size: 64 << 30
             }]
+        );
+    }
+
+    #[test]
+    fn sizes_beyond_the_address_space_give_none_instead_of_wrapping() {
+        assert_eq!(guest_ranges(&[u64::MAX, 1]), None);
+        // Fits as a RAM block, but the part above 2 GiB moved up to 4 GiB would not.
+        assert_eq!(guest_ranges(&[u64::MAX - (1 << 30)]), None);
+        let top = u64::MAX - FOUR_GIB + Q35_LOWMEM_LARGE;
+        assert_eq!(
+            guest_ranges(&[top]).unwrap()[0][1],
+            GpaRange {
+                start: FOUR_GIB,
+                size: top - Q35_LOWMEM_LARGE
+            }
         );
     }
 }

@@ -6,8 +6,8 @@
 //! API contract used by the front ends (CLI, KubeVirt sidecar, libvirt hook):
 //! `rewrite(xml, &inventory, &options) -> Result<Rewritten, RewriteError>`.
 //!
-//! Where to start reading: [`rewrite`] (below) indexes the document ([`document`]), takes back
-//! what an earlier run recorded (`undo`), then calls `plan::plan`, which decides everything that
+//! Where to start reading: [`rewrite`] (below) indexes the document ([`document`]), checks that
+//! the document bears out what an earlier run recorded (`proof`) and takes it back (`undo`), then calls `plan::plan`, which decides everything that
 //! will be added (one small function per decision, under `plan/`) and returns a `Plan`; then
 //! `emit::emit` writes that plan into the definition, one file per addition under `emit/`
 //! (cells, host binding, expander, Generic Initiator, SPM marking, the record in [`metadata`]).
@@ -29,6 +29,7 @@ mod layout;
 mod libvirt;
 pub mod metadata;
 mod plan;
+mod proof;
 pub mod size;
 mod undo;
 
@@ -220,6 +221,7 @@ pub fn rewrite(xml: &str, inventory: &Inventory, options: &RewriteOptions) -> Re
     let mut summary = Vec::new();
     let undone = match &found {
         Some((_, meta)) if meta.applied => {
+            proof::check(&doc, meta)?;
             let text = undo::undo(&doc, meta);
             summary.push(format!(
                 "removed the additions recorded by an earlier rewrite ({} regions)",

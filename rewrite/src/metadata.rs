@@ -67,6 +67,17 @@ pub enum UndoOp {
     Collapse { at: String, tail: String },
 }
 
+/// Where one `undo` entry of the record is, and the digest it carries (see `proof.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordEntry {
+    /// FNV-1a 64 of what the addition wrote; `None` in records written before digests.
+    pub digest: Option<u64>,
+    /// Line of the entry's element.
+    pub line: usize,
+    /// The entry's element name as written (`hbm:undo`).
+    pub element: String,
+}
+
 /// What the domain's metadata says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HbmMetadata {
@@ -79,6 +90,8 @@ pub struct HbmMetadata {
     /// Whether an `hbm:applied` record is present.
     pub applied: bool,
     pub undo: Vec<UndoOp>,
+    /// One per `undo` op, in the same order: where it is written and its digest.
+    pub entries: Vec<RecordEntry>,
 }
 
 impl HbmMetadata {
@@ -148,11 +161,20 @@ pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, R
         size_cap_bytes: parse_attr(doc, ours, "size-cap", parse_size)?,
         ..HbmMetadata::default()
     };
+    refuse_a_second_element(doc, ours)?;
     for child in doc.children(ours) {
         match local_name_in(doc, ours, child) {
             Some("gpu") => {
                 let gpu = read_gpu(doc, child, &meta.gpus)?;
                 meta.gpus.push(gpu);
+            }
+            Some("applied") if meta.applied => {
+                return Err(bad(
+                    doc,
+                    child,
+                    "a second record of an earlier rewrite; keep one (or remove both and the additions they list)"
+                        .into(),
+                ));
             }
             Some("applied") => {
                 meta.applied = true;
@@ -162,6 +184,27 @@ pub(crate) fn find(doc: &Document<'_>) -> Result<Option<(usize, HbmMetadata)>, R
         }
     }
     Ok(Some((ours, meta)))
+}
+
+/// Refuses a second project element under `<metadata>` (only the first would be read).
+fn refuse_a_second_element(doc: &Document<'_>, ours: usize) -> Result<(), RewriteError> {
+    let Some(metadata) = doc.elements[ours].parent else {
+        return Ok(());
+    };
+    match doc
+        .children(metadata)
+        .find(|other| *other != ours && is_ours(doc, *other))
+    {
+        Some(second) => Err(bad(
+            doc,
+            second,
+            format!(
+                "a second {ELEMENT} element of the project's namespace; merge it into the first (line {})",
+                doc.line(ours)
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The local name of `idx` when it has the prefix of our element `ours` (none if ours has none).
@@ -205,7 +248,14 @@ fn read_applied(doc: &Document<'_>, ours: usize, applied: usize, meta: &mut HbmM
     for entry in doc.children(applied) {
         match local_name_in(doc, ours, entry) {
             Some("region") => meta.claimed.push(read_region(doc, entry)?),
-            Some("undo") => meta.undo.push(read_undo(doc, entry)?),
+            Some("undo") => {
+                meta.undo.push(read_undo(doc, entry)?);
+                meta.entries.push(RecordEntry {
+                    digest: parse_attr(doc, entry, "digest", parse_digest)?,
+                    line: doc.line(entry),
+                    element: doc.name(entry).to_string(),
+                });
+            }
             _ => {}
         }
     }
@@ -214,6 +264,14 @@ fn read_applied(doc: &Document<'_>, ours: usize, applied: usize, meta: &mut HbmM
 
 fn parse_pci(text: &str) -> Result<PciAddress, String> {
     PciAddress::parse(text).map_err(|err| err.to_string())
+}
+
+/// A digest: 16 hexadecimal digits.
+fn parse_digest(text: &str) -> Result<u64, String> {
+    if text.len() != 16 {
+        return Err(format!("{text:?} is not 16 hexadecimal digits"));
+    }
+    u64::from_str_radix(text, 16).map_err(|_| format!("{text:?} is not 16 hexadecimal digits"))
 }
 
 fn parse_text(text: &str) -> Result<String, String> {
@@ -285,8 +343,15 @@ fn required<T, E: std::fmt::Display>(
     parse_attr(doc, idx, name, parse)?.ok_or_else(|| bad(doc, idx, format!("missing attribute {name}")))
 }
 
-/// Renders the `applied` record (one line per entry; `\n` marks where indentation goes).
-pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[UndoOp], quote: char) -> String {
+/// Renders the `applied` record (one line per entry; `\n` marks where indentation goes);
+/// `digests[i]`, when there, is written on the entry of `undo[i]`.
+pub(crate) fn render_applied(
+    prefix: &str,
+    claimed: &[ClaimedRegion],
+    undo: &[UndoOp],
+    digests: &[Option<u64>],
+    quote: char,
+) -> String {
     let qualifier = if prefix.is_empty() {
         String::new()
     } else {
@@ -296,8 +361,9 @@ pub(crate) fn render_applied(prefix: &str, claimed: &[ClaimedRegion], undo: &[Un
     for region in claimed {
         out.push_str(&format!("\n  <{qualifier}region{}/>", region_attrs(region, quote)));
     }
-    for op in undo {
-        out.push_str(&format!("\n  <{qualifier}undo{}/>", undo_attrs(op, quote)));
+    for (position, op) in undo.iter().enumerate() {
+        let digest = digests.get(position).copied().flatten();
+        out.push_str(&format!("\n  <{qualifier}undo{}/>", undo_attrs(op, digest, quote)));
     }
     out.push_str(&format!("\n</{qualifier}applied>"));
     out
@@ -329,7 +395,8 @@ fn region_attrs(region: &ClaimedRegion, quote: char) -> String {
 }
 
 /// The attributes of one `undo` entry.
-fn undo_attrs(op: &UndoOp, quote: char) -> String {
+fn undo_attrs(op: &UndoOp, digest: Option<u64>, quote: char) -> String {
+    let digest = digest.map(|digest| format!("{digest:016x}"));
     let pairs: Vec<(&str, &str)> = match op {
         UndoOp::Remove { at, previous } => {
             let mut pairs = vec![("op", "remove"), ("at", at.as_str())];
@@ -341,6 +408,8 @@ fn undo_attrs(op: &UndoOp, quote: char) -> String {
         UndoOp::Collapse { at, tail } => vec![("op", "collapse"), ("at", at), ("tail", tail)],
         UndoOp::StripText { at, text } => vec![("op", "strip-text"), ("at", at), ("text", text)],
     };
+    let mut pairs = pairs;
+    pairs.extend(digest.as_deref().map(|digest| ("digest", digest)));
     attrs_text(&pairs, quote)
 }
 
@@ -408,22 +477,24 @@ mod tests {
     #[test]
     fn the_record_reads_back_as_written_in_either_quote() {
         for quote in ['\'', '"'] {
-            let applied = render_applied("hbm", &claimed(), &every_undo_op(), quote);
+            let applied = render_applied("hbm", &claimed(), &every_undo_op(), &[None, Some(0xab)], quote);
             let meta = read_metadata(&wrapped(&applied)).unwrap().unwrap();
             assert!(meta.applied);
             assert_eq!(meta.claimed, claimed());
             assert_eq!(meta.undo, every_undo_op());
+            let digests: Vec<Option<u64>> = meta.entries.iter().map(|entry| entry.digest).collect();
+            assert_eq!(digests, [None, Some(0xab), None, None, None, None]);
         }
     }
 
     #[test]
     fn the_record_is_one_entry_per_line() {
-        let applied = render_applied("p", &claimed()[..1], &every_undo_op()[3..4], '\'');
+        let applied = render_applied("p", &claimed()[..1], &every_undo_op()[3..4], &[], '\'');
         assert_eq!(
             applied,
             "<p:applied>\n  <p:region id='0000:c1:00.0/node2' gpu='0000:c1:00.0' host-node='2' size='1073741824' cell='1'/>\n  <p:undo op='remove-root-attr' name='xmlns:qemu'/>\n</p:applied>"
         );
-        assert_eq!(render_applied("", &[], &[], '"'), "<applied>\n</applied>");
+        assert_eq!(render_applied("", &[], &[], &[], '"'), "<applied>\n</applied>");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use topology::PciAddress;
 
 use super::document::{Document, Edits, is_xml_space};
-use super::libvirt::{hostdev_source, is_pci_hostdev};
+use super::libvirt::{hostdev_source, is_pci_hostdev, parse_num};
 use super::metadata::{self, HbmMetadata, UndoOp};
 
 /// Splits an undo path into steps (`/` inside `[...]` does not split).
@@ -61,7 +61,7 @@ pub(crate) fn resolve(doc: &Document<'_>, path: &str, last_match: bool) -> Optio
                                         .ok()
                                         .is_some_and(|want| hostdev_source(doc, *child) == Some(want))
                             }
-                            key => doc.attr(*child, key).is_some_and(|actual| actual == *value),
+                            key => doc.attr(*child, key).is_some_and(|actual| same_value(&actual, value)),
                         })
                 });
                 if is_last { matching.last()? } else { matching.next()? }
@@ -69,6 +69,12 @@ pub(crate) fn resolve(doc: &Document<'_>, path: &str, last_match: bool) -> Optio
         };
     }
     Some(current)
+}
+
+/// A path key's value names an attribute value: the same text, or the same number as libvirt
+/// reads numbers (the plan finds controllers by `index=' 1'` or `index='0x1'` as index 1).
+fn same_value(actual: &str, recorded: &str) -> bool {
+    actual == recorded || parse_num(actual).is_some_and(|number| parse_num(recorded) == Some(number))
 }
 
 /// The `qemu:arg` right before `idx` when its value is `value` (the `-object` of a pair).
@@ -198,7 +204,7 @@ mod tests {
 
     /// `xml` with a record of `ops` appended to its `<metadata>`, undone.
     fn undone(domain: &str, ops: Vec<UndoOp>) -> String {
-        let record = render_applied("hbm", &[], &ops, '\'');
+        let record = render_applied("hbm", &[], &ops, &[], '\'');
         let xml = domain.replace(
             "<metadata/>",
             &format!("<metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}'>{record}</hbm:passthrough></metadata>"),
@@ -224,6 +230,11 @@ mod tests {
         assert_eq!(resolve(&doc, "c[k=1]", false), Some(1));
         assert_eq!(resolve(&doc, "c[k=1]", true), Some(2));
         assert_eq!(resolve(&doc, "c[k=3]", true), None);
+        // Numbers as libvirt reads them: the path's index=1 names index=' 1' and index='0x1'.
+        let doc = Document::parse("<d><c i=' 1'/><c i='0x2'/><c i='x'/></d>").unwrap();
+        assert_eq!(resolve(&doc, "c[i=1]", false), Some(1));
+        assert_eq!(resolve(&doc, "c[i=2]", false), Some(2));
+        assert_eq!(resolve(&doc, "c[i=x]", false), Some(3));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(crate) struct EditWriter<'d, 'a> {
     pub indent_unit: String,
     /// `"\n"`, or empty in a one-line document.
     pub newline: &'static str,
+    /// The document ends its lines with CR LF: every LF the writer adds becomes CR LF when the
+    /// edits are applied (the writer itself works with LF only).
+    crlf: bool,
 }
 
 impl<'d, 'a> EditWriter<'d, 'a> {
@@ -55,6 +58,7 @@ impl<'d, 'a> EditWriter<'d, 'a> {
             quote,
             indent_unit: if pretty { indent_unit } else { String::new() },
             newline: if pretty { "\n" } else { "" },
+            crlf: uses_crlf(doc.src),
         }
     }
 
@@ -223,10 +227,32 @@ impl<'d, 'a> EditWriter<'d, 'a> {
         }
     }
 
-    /// The edited source.
-    pub(crate) fn finish(self) -> String {
+    /// The edited source, with the added line ends in the document's style.
+    pub(crate) fn finish(mut self) -> String {
+        if self.crlf {
+            self.edits.map_texts(lf_to_crlf);
+        }
         self.edits.apply(self.doc.src)
     }
+}
+
+/// Whether the document's first line ends with CR LF.
+fn uses_crlf(src: &str) -> bool {
+    src.find('\n').is_some_and(|newline| src[..newline].ends_with('\r'))
+}
+
+/// `text` with every LF not already after a CR written as CR LF.
+fn lf_to_crlf(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    let mut previous = '\0';
+    for ch in text.chars() {
+        if ch == '\n' && previous != '\r' {
+            out.push('\r');
+        }
+        out.push(ch);
+        previous = ch;
+    }
+    out
 }
 
 /// Offset of the start tag's `>` (or `/>`).
@@ -333,5 +359,13 @@ mod tests {
             writer.finish(),
             "<domain><memory unit='KiB'>2</memory><e>x</e></domain>"
         );
+    }
+
+    #[test]
+    fn added_line_ends_follow_a_crlf_document() {
+        assert!(uses_crlf("<a>\r\n</a>\n"));
+        assert!(!uses_crlf("<a>\n</a>\r\n"));
+        assert!(!uses_crlf("<a/>"));
+        assert_eq!(lf_to_crlf("a\nb\r\nc\n"), "a\r\nb\r\nc\r\n");
     }
 }

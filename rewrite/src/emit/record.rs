@@ -7,7 +7,8 @@ use crate::metadata::{self, ClaimedRegion, NAMESPACE, UndoOp, render_applied};
 use super::edit_writer::EditWriter;
 
 /// Writes the record; the writer's changes must all be flushed before.
-pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedRegion]) {
+/// `digests` go on the undo entries, in order (see `proof.rs`).
+pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: &[Option<u64>]) {
     let doc = writer.doc;
     let root = doc.root;
     match (doc.child(root, "metadata"), metadata::element(doc)) {
@@ -21,7 +22,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 let op = writer.collapse_op(ours, "metadata/{hbm}");
                 writer.record(op);
             }
-            let applied = render_applied(&prefix, claimed, writer.undo_ops(), writer.quote);
+            let applied = render_applied(&prefix, claimed, writer.undo_ops(), digests, writer.quote);
             // Not recorded as a remove op: the record is always removed with itself.
             let xml = applied
                 .replace("\n  ", &format!("\n{}", writer.indent_unit))
@@ -37,7 +38,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 at: "metadata/{hbm}".into(),
                 previous: None,
             });
-            let xml = our_element(writer, claimed);
+            let xml = our_element(writer, claimed, digests);
             writer.append(metadata, "metadata", xml, String::new());
         }
         (None, None) => {
@@ -45,7 +46,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 at: "metadata".into(),
                 previous: None,
             });
-            let inner = our_element(writer, claimed);
+            let inner = our_element(writer, claimed, digests);
             let unit = &writer.indent_unit;
             let xml = format!(
                 "<metadata>\n{unit}{}\n</metadata>",
@@ -63,9 +64,9 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
 }
 
 /// `<hbm:passthrough xmlns:hbm=..>` holding the record.
-fn our_element(writer: &EditWriter<'_, '_>, claimed: &[ClaimedRegion]) -> String {
+fn our_element(writer: &EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: &[Option<u64>]) -> String {
     let unit = &writer.indent_unit;
-    let applied = render_applied("hbm", claimed, writer.undo_ops(), writer.quote);
+    let applied = render_applied("hbm", claimed, writer.undo_ops(), digests, writer.quote);
     let applied = applied.replace("\n  ", &format!("\n{unit}"));
     let body = format!(
         "<hbm:{}{}>\n{unit}{}\n</hbm:{}>",

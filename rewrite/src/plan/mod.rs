@@ -128,7 +128,7 @@ pub(crate) fn plan<'i>(
     let cells = guest_cells(doc)?;
     let targets = plan_targets(doc, devices, selected, cells.first_new_id)?;
     let sizes = cell_sizes(&cells, &targets);
-    let ranges = guest_ranges(&sizes);
+    let ranges = guest_ranges(&sizes).ok_or_else(|| beyond_address_space(doc))?;
     let marking = spm_marking(doc, os, &targets, ranges.get(cells.existing.len()..).unwrap_or(&[]))?;
     let native = options.native_generic_initiator;
     let qemu = qemu_namespace(doc, !native || !marking.instructions.is_empty())?;
@@ -164,6 +164,19 @@ fn check_root(doc: &Document<'_>) -> Result<(), RewriteError> {
         doc.root,
         "the root element must be <domain> (a libvirt domain definition)",
     ))
+}
+
+/// Cells that do not fit the 64-bit guest-physical address space, at the element giving the
+/// existing cells' sizes (`<numa>`, else `<memory>`).
+fn beyond_address_space(doc: &Document<'_>) -> RewriteError {
+    let element = cells::numa_element(doc)
+        .or_else(|| doc.child(doc.root, "memory"))
+        .unwrap_or(doc.root);
+    invalid(
+        doc,
+        element,
+        "the guest memory plus the HBM cells does not fit the 64-bit guest-physical address space; check the memory amounts and units",
+    )
 }
 
 /// The sizes of all guest cells in cell order: the existing ones, then the new ones.

@@ -107,11 +107,7 @@ fn select_hostdev<'i>(
         return Ok(None);
     }
     if let Some((region, _)) = regions.iter().find(|(_, size)| *size == 0) {
-        return Err(invalid(
-            doc,
-            hostdev,
-            format!("size cap leaves region {} smaller than 2 MiB; raise the cap", region.id),
-        ));
+        return Err(invalid(doc, hostdev, too_small(region, cap)));
     }
     check_passed_through_once(doc, hostdev, addr, hostdevs)?;
     Ok(Some(Selection {
@@ -120,6 +116,22 @@ fn select_hostdev<'i>(
         dialect,
         regions,
     }))
+}
+
+/// Why `region` gets no cell (its cell size rounded down to 0): the region itself is below
+/// [`CELL_ALIGN`], or the size cap is.
+fn too_small(region: &Region, cap: Option<u64>) -> String {
+    if region.size_bytes < CELL_ALIGN {
+        return format!(
+            "region {} holds {} bytes, less than the 2 MiB a guest cell needs (cells are whole 2 MiB pages); leave this region out of the GPU's regions= or use another GPU",
+            region.id, region.size_bytes
+        );
+    }
+    let cap = cap.unwrap_or_default();
+    format!(
+        "size cap {cap} bytes leaves region {} smaller than the 2 MiB a guest cell needs; raise the cap to 2 MiB or more",
+        region.id
+    )
 }
 
 /// `<address type='unassigned'/>`: bound to vfio on the host but never shown to the guest.
@@ -312,7 +324,27 @@ mod tests {
         let err = select(&hostdev(0x41, ""), &inv, &capped).unwrap_err();
         assert!(
             err.to_string()
-                .contains("size cap leaves region 0000:41:00.0/node2 smaller than 2 MiB")
+                .contains("size cap 1048576 bytes leaves region 0000:41:00.0/node2 smaller than the 2 MiB")
+        );
+    }
+
+    #[test]
+    fn a_region_below_2_mib_without_a_cap_says_so_and_names_no_cap() {
+        let inv = inventory_of(vec![region(GPU, 2, 1 << 20)]);
+        let err = select(&hostdev(0x41, ""), &inv, &policy(PolicyMode::Auto, vec![])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            "domain XML line 1: <hostdev>: region 0000:41:00.0/node2 holds 1048576 bytes, less than the 2 MiB a guest cell needs (cells are whole 2 MiB pages); leave this region out of the GPU's regions= or use another GPU"
+        );
+        let capped = Policy {
+            size_cap: Some(GIB),
+            ..policy(PolicyMode::Auto, vec![])
+        };
+        let err = select(&hostdev(0x41, ""), &inv, &capped).unwrap_err();
+        assert!(
+            err.to_string().contains("holds 1048576 bytes, less than the 2 MiB"),
+            "{err}"
         );
     }
 }

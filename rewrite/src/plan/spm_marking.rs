@@ -105,7 +105,7 @@ pub(crate) fn spans_4g(ranges: &[GpaRange]) -> bool {
     ranges.len() > 1
         || ranges
             .first()
-            .is_some_and(|range| range.start < FOUR_GIB && range.start + range.size > FOUR_GIB)
+            .is_some_and(|range| range.start < FOUR_GIB && range.size > FOUR_GIB - range.start)
 }
 
 /// The `dax` instruction for a cell whose region is reachable only as device-dax.
@@ -213,6 +213,8 @@ mod tests {
         assert!(spans_4g(&[range(0, 1), range(FOUR_GIB, 1)]));
         assert!(spans_4g(&[range(FOUR_GIB - 1, 2)]));
         assert!(!spans_4g(&[range(FOUR_GIB, GIB)]));
+        assert!(spans_4g(&[range(1, u64::MAX)]));
+        assert!(!spans_4g(&[range(u64::MAX, u64::MAX)]));
         let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
         let dialect = Dialect::MemmapType(MemmapType::Reserved);

@@ -1,5 +1,7 @@
 //! The rewriter through its public API: `cases` (exact additions per dialect and layout, policy,
-//! idempotency, undo, bad input) and `corpus` (every definition of `tests/corpus`).
+//! idempotency, undo, bad input), `corpus` (every definition of `tests/corpus`) and `hardening`
+//! (issue 12: overflow, BOM, CRLF, malformed XML, damaged records).
 
 mod cases;
 mod corpus;
+mod hardening;
