@@ -160,11 +160,9 @@ fn node_view(node: &NumaNode, srat: Option<&Srat>) -> NodeView {
 fn hbm_bytes(node: Option<&NodeView>, hbm: &[HbmRange]) -> u64 {
     let regions_total = hbm.iter().map(|r| r.size_bytes).fold(0, u64::saturating_add);
     match node {
-        Some(view) if !view.srat_ranges.is_empty() && !hbm.is_empty() => view
-            .srat_ranges
-            .iter()
-            .map(|r| r.length)
-            .fold(0, u64::saturating_add),
+        Some(view) if !view.srat_ranges.is_empty() && !hbm.is_empty() => {
+            view.srat_ranges.iter().map(|r| r.length).fold(0, u64::saturating_add)
+        }
         _ => regions_total,
     }
 }

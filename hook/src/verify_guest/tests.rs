@@ -141,9 +141,24 @@ fn hbm_size_is_the_nodes_srat_ranges_when_the_guest_has_an_srat() {
     let srat = Srat {
         processor_pxms: vec![0],
         memory: vec![
-            MemoryAffinity { pxm: 0, base: 0, length: 1024 * MIB, flags: 1 },
-            MemoryAffinity { pxm: 1, base: 1024 * MIB, length: 256 * MIB, flags: 1 },
-            MemoryAffinity { pxm: 1, base: 2048 * MIB, length: 64 * MIB, flags: 0 },
+            MemoryAffinity {
+                pxm: 0,
+                base: 0,
+                length: 1024 * MIB,
+                flags: 1,
+            },
+            MemoryAffinity {
+                pxm: 1,
+                base: 1024 * MIB,
+                length: 256 * MIB,
+                flags: 1,
+            },
+            MemoryAffinity {
+                pxm: 1,
+                base: 2048 * MIB,
+                length: 64 * MIB,
+                flags: 0,
+            },
         ],
         initiators: vec![],
         pxm_to_node: [(0, 0), (1, 1)].into_iter().collect(),
@@ -153,14 +168,20 @@ fn hbm_size_is_the_nodes_srat_ranges_when_the_guest_has_an_srat() {
     assert_eq!(verdict.hbm_bytes, 256 * MIB, "the disabled range does not count");
     assert_eq!(
         verdict.node.as_ref().unwrap().srat_ranges,
-        [FirmwareRange { base: 1024 * MIB, length: 256 * MIB }]
+        [FirmwareRange {
+            base: 1024 * MIB,
+            length: 256 * MIB
+        }]
     );
     assert_eq!(verdict.hbm[0].size_bytes, 251 * MIB);
     assert_eq!(verdict.marking, Some("normal"));
 
     guest.regions.clear();
     let without_hbm = verify(&guest, Some(&srat));
-    assert_eq!(without_hbm.gpus[0].hbm_bytes, 0, "SRAT ranges count only when HBM was found");
+    assert_eq!(
+        without_hbm.gpus[0].hbm_bytes, 0,
+        "SRAT ranges count only when HBM was found"
+    );
 }
 
 #[test]

@@ -348,34 +348,34 @@ pub fn with_vfio_drivers(xml: &str) -> Result<(String, usize), String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StandIn {
     /// virtio-rng-pci: vendor 0x1af4, device 0x1044 in the guest.
-    VirtioRng,
+    Rng,
     /// virtio-tablet-pci: vendor 0x1af4, device 0x1052 in the guest.
-    VirtioTablet,
+    Tablet,
     /// A libvirt `<video>` of model virtio: a display-class function (vendor 0x1af4, device
     /// 0x1050; libvirt makes the domain's first video `virtio-vga`, class 0x030000, the others
     /// `virtio-gpu-pci`, class 0x038000), so the guest counts it as a GPU.
-    VirtioGpu,
+    Gpu,
 }
 
 impl StandIn {
     /// (vendor, device) as the guest's sysfs shows them.
     pub fn guest_ids(self) -> (u16, u16) {
         match self {
-            StandIn::VirtioRng => (0x1af4, 0x1044),
-            StandIn::VirtioTablet => (0x1af4, 0x1052),
-            StandIn::VirtioGpu => (0x1af4, 0x1050),
+            StandIn::Rng => (0x1af4, 0x1044),
+            StandIn::Tablet => (0x1af4, 0x1052),
+            StandIn::Gpu => (0x1af4, 0x1050),
         }
     }
 
     fn xml(self, alias: &str, address: &str) -> String {
         match self {
-            StandIn::VirtioRng => format!(
+            StandIn::Rng => format!(
                 "<rng model='virtio'><backend model='random'>/dev/urandom</backend><alias name='{alias}'/>{address}</rng>"
             ),
-            StandIn::VirtioTablet => {
+            StandIn::Tablet => {
                 format!("<input type='tablet' bus='virtio'><alias name='{alias}'/>{address}</input>")
             }
-            StandIn::VirtioGpu => {
+            StandIn::Gpu => {
                 format!("<video><model type='virtio' heads='1'/><alias name='{alias}'/>{address}</video>")
             }
         }

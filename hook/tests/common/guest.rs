@@ -252,7 +252,9 @@ impl VerifyOutput {
             return Ok(None);
         };
         let body = &console[begin..];
-        let end = body.find("HBM-VERIFY-END").ok_or("verify-guest output cut short (no END marker)")?;
+        let end = body
+            .find("HBM-VERIFY-END")
+            .ok_or("verify-guest output cut short (no END marker)")?;
         let mut json = String::new();
         let mut exit = None;
         for line in body[..end].lines().skip(1) {
@@ -289,7 +291,11 @@ pub fn static_hbm_hook() -> &'static Path {
             script.display(),
             super::libvirt::text(&out)
         );
-        let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
         super::repo_root().join(dir).join("hbm-hook")
     })
 }
@@ -310,7 +316,11 @@ pub fn initrd_with_hbm_hook() -> &'static Path {
             root.display(),
             extra.display()
         );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap_or_else(|e| panic!("{e}"));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(out.status.success(), "cpio: {}", super::libvirt::text(&out));
         let mut image = std::fs::read(&kit().initrd).unwrap_or_else(|e| panic!("kit initrd: {e}"));
         image.extend(std::fs::read(&extra).unwrap_or_else(|e| panic!("{e}")));

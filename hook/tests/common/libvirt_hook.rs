@@ -89,7 +89,7 @@ pub fn domain_xml(name: &str, console_log: &Path, inventory: &Inventory) -> Stri
 pub fn bootable(rewritten: &str) -> String {
     let host = PciAddr::parse_host(GPU).unwrap_or_else(|e| panic!("{e}"));
     let chain = hbm_chain::read(rewritten, host).unwrap_or_else(|e| panic!("{e}"));
-    with_stand_in(rewritten, &chain.alias, StandIn::VirtioRng).unwrap_or_else(|e| panic!("{e}"))
+    with_stand_in(rewritten, &chain.alias, StandIn::Rng).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The hook config pointing discovery at `sysfs_root` and claims at `claims_dir`.

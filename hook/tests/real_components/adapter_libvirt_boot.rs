@@ -122,7 +122,7 @@ fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
         out.xml.contains(emulator),
         "kernel-cmdline needs no adapter, the rewriter keeps the emulator"
     );
-    let xml = with_stand_in(&out.xml, "ua-gpu0", StandIn::VirtioRng)
+    let xml = with_stand_in(&out.xml, "ua-gpu0", StandIn::Rng)
         .unwrap()
         .replace(emulator, &format!("<emulator>{}</emulator>", adapter.display()));
 
@@ -150,7 +150,7 @@ fn libvirt_boots_the_rewritten_gpu_guest_through_the_adapter_unchanged() {
         report.console
     );
     assert_eq!(report.iomem_named("Soft Reserved").len(), 1, "{}", report.console);
-    let (vendor, device) = StandIn::VirtioRng.guest_ids();
+    let (vendor, device) = StandIn::Rng.guest_ids();
     let stand_in = report.pci_by_id(vendor, device);
     assert_eq!(stand_in.len(), 1, "{}", report.console);
     assert_eq!(stand_in[0].numa_node, i32::try_from(hbm_node).unwrap());

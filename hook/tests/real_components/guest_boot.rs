@@ -82,7 +82,7 @@ fn harness_boots_hand_written_spm_domain() {
     let soft = r.iomem_named("Soft Reserved");
     assert_eq!(soft.len(), 1, "{}", ctx());
     assert_eq!(soft[0].start, 0x4000_0000, "{}", ctx());
-    let (vendor, device) = StandIn::VirtioRng.guest_ids();
+    let (vendor, device) = StandIn::Rng.guest_ids();
     let dev = r.pci_by_id(vendor, device);
     assert_eq!(dev.len(), 1, "{}", ctx());
     assert_eq!(dev[0].numa_node, 1, "stand-in device's numa_node\n{}", ctx());
@@ -280,7 +280,7 @@ fn rewritten_one_gpu_domain_boots_with_soft_reserved_hbm_node() {
             host: "0000:c1:00.0",
             alias: Some("ua-gpu0"),
             hbm_bytes: 512 * MIB,
-            stand_in: StandIn::VirtioRng,
+            stand_in: StandIn::Rng,
         }],
     );
 }
@@ -294,13 +294,13 @@ fn rewritten_two_gpu_domain_boots_with_two_hbm_nodes_on_distinct_expanders() {
                 host: "0000:c1:00.0",
                 alias: Some("ua-gpu0"),
                 hbm_bytes: 256 * MIB,
-                stand_in: StandIn::VirtioRng,
+                stand_in: StandIn::Rng,
             },
             Gpu {
                 host: "0000:c2:00.0",
                 alias: None,
                 hbm_bytes: 256 * MIB,
-                stand_in: StandIn::VirtioTablet,
+                stand_in: StandIn::Tablet,
             },
         ],
     );

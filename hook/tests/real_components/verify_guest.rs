@@ -60,7 +60,7 @@ fn prepare(base: &str, specs: &[HbmSpec], dialect: Dialect) -> Prepared {
     for spec in specs {
         let host = PciAddr::parse_host(&spec.gpu).unwrap();
         let chain = hbm_chain::read(&rewritten.xml, host).unwrap_or_else(|e| panic!("{e}\n{}", rewritten.xml));
-        xml = with_stand_in(&xml, &chain.alias, StandIn::VirtioGpu).unwrap();
+        xml = with_stand_in(&xml, &chain.alias, StandIn::Gpu).unwrap();
         chains.push(chain);
     }
     Prepared { xml, chains }
@@ -92,10 +92,20 @@ fn verdict<'a>(report: &'a Value, address: &str, context: &str) -> &'a Value {
 
 /// Every GPU passes, on a node of its own that is online, CPU-less and held online by a Generic
 /// Initiator, with exactly the HBM the host inventory gave it, marked as the dialect marks it.
-fn assert_matches_inventory(verify: &VerifyOutput, prepared: &Prepared, specs: &[HbmSpec], marking: &str, context: &str) {
+fn assert_matches_inventory(
+    verify: &VerifyOutput,
+    prepared: &Prepared,
+    specs: &[HbmSpec],
+    marking: &str,
+    context: &str,
+) {
     assert_eq!(verify.exit, 0, "verify-guest exit status\n{context}");
     assert_eq!(verify.report["ok"], true, "{context}");
-    assert_eq!(verify.report["gpus"].as_array().unwrap().len(), specs.len(), "one GPU each\n{context}");
+    assert_eq!(
+        verify.report["gpus"].as_array().unwrap().len(),
+        specs.len(),
+        "one GPU each\n{context}"
+    );
     let mut nodes = Vec::new();
     for (chain, spec) in prepared.chains.iter().zip(specs) {
         let gpu = verdict(&verify.report, &guest_address(chain), context);
@@ -171,7 +181,10 @@ fn without_the_generic_initiator_verify_guest_fails_and_names_it() {
     assert_eq!(problems.len(), 1, "{gpu}\n{context}");
     assert_eq!(problems[0]["check"], "numa-node", "{context}");
     assert!(
-        problems[0]["message"].as_str().unwrap().contains("no Generic Initiator"),
+        problems[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no Generic Initiator"),
         "{context}"
     );
 }
