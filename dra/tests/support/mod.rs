@@ -1,0 +1,106 @@
+//! Test support: a fixture host on disk, the API-server and kubelet stand-ins, and the driver
+//! running in-process against them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod apiserver;
+pub mod kubelet;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hbm_dra_driver::config::Settings;
+use tokio_util::sync::CancellationToken;
+
+pub const DRIVER: &str = "hbm.passthrough.dev";
+pub const NODE: &str = "node-a";
+/// The two GPUs of `seed_amd_2gpu` as published device names.
+pub const GPU_41: &str = "gpu-0000-41-00-0";
+pub const GPU_C1: &str = "gpu-0000-c1-00-0";
+
+/// `seed_amd_2gpu` written under `<dir>/root`, its device nodes under `<dir>/dev`.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+}
+
+impl Host {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        topology::fixture::seed_amd_2gpu().write_to(&root).unwrap();
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(dev.join("vfio")).unwrap();
+        for node in ["vfio/vfio", "vfio/24", "vfio/56", "dax0.0", "dax1.0"] {
+            std::fs::write(dev.join(node), "").unwrap();
+        }
+        let settings = Settings {
+            node_name: NODE.into(),
+            driver_name: DRIVER.into(),
+            kubelet_root_dir: dir.path().join("kubelet"),
+            sysfs_root: root,
+            dev_root: dev,
+            host_dev_root: "/dev".into(),
+            cdi_root: dir.path().join("cdi"),
+            poll_interval: Duration::from_millis(50),
+            cleanup: false,
+            rules: Vec::new(),
+            discovery: topology::DiscoveryConfig::default(),
+        };
+        Self { dir, settings }
+    }
+
+    pub fn dev(&self, name: &str) -> PathBuf {
+        self.settings.dev_root.join(name)
+    }
+
+    pub fn cdi_files(&self) -> Vec<String> {
+        list(&self.settings.cdi_root)
+    }
+}
+
+/// File names in `dir`, sorted (none when it does not exist).
+pub fn list(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The driver running in-process.
+pub struct Driver {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), hbm_dra_driver::driver::DriverError>>,
+}
+
+impl Driver {
+    /// Starts the driver and waits (bounded) until both sockets exist.
+    pub async fn start(settings: &Settings, client: kube::Client) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hbm_dra_driver::driver::run(settings.clone(), client, stop.clone()));
+        let (dra, reg) = (settings.dra_socket(), settings.registration_socket());
+        wait_until("both sockets exist", || dra.exists() && reg.exists()).await;
+        Self { stop, task }
+    }
+
+    /// Stops the driver and returns its result.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `ready` every 10 ms for at most 5 s.
+pub async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
