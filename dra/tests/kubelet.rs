@@ -88,7 +88,7 @@ async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
         cdi_device_ids: vec![format!("{DRIVER}/gpu=uid-1-{GPU_C1}")],
     };
     assert_eq!(answers["uid-1"].error, "");
-    assert_eq!(answers["uid-1"].devices, [expected.clone()]);
+    assert_eq!(answers["uid-1"].devices, std::slice::from_ref(&expected));
 
     assert_eq!(host.cdi_files(), ["hbm.passthrough.dev-claim-uid-1.json"]);
     let text = std::fs::read_to_string(host.settings.cdi_root.join("hbm.passthrough.dev-claim-uid-1.json")).unwrap();
