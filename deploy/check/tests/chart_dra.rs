@@ -280,3 +280,51 @@ fn the_schema_rejects_bad_dra_values_naming_the_field() {
         helm::run(&args).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn the_dra_examples_fit_the_chart_and_each_other() {
+    let root = deploy_check::workspace_root().join("deploy/dra");
+    let template: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("resourceclaimtemplate.yaml")).unwrap()).unwrap();
+    let vmi: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("vmi-hbm.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        (template["apiVersion"].as_str(), template["kind"].as_str()),
+        (Some("resource.k8s.io/v1"), Some("ResourceClaimTemplate"))
+    );
+    let request = &template["spec"]["spec"]["devices"]["requests"][0];
+    let objects = render(&["--set", "mode=dra"]);
+    assert_eq!(
+        request["exactly"]["deviceClassName"].as_str(),
+        Some(one(&objects, "DeviceClass").name.as_str())
+    );
+    assert_eq!(request["exactly"]["count"], 1);
+    assert_eq!(
+        request["exactly"]["selectors"][0]["cel"]["expression"],
+        "device.capacity[\"hbm.passthrough.dev\"].hbm.compareTo(quantity(\"128Gi\")) >= 0"
+    );
+    // The VMI takes the GPU from a claim made from that template, by request name.
+    assert_eq!(
+        (vmi["apiVersion"].as_str(), vmi["kind"].as_str()),
+        (Some("kubevirt.io/v1"), Some("VirtualMachineInstance"))
+    );
+    let claim = &vmi["spec"]["resourceClaims"][0];
+    assert_eq!(claim["resourceClaimTemplateName"], template["metadata"]["name"]);
+    let gpu = &vmi["spec"]["domain"]["devices"]["gpus"][0];
+    assert_eq!(gpu["claimName"], claim["name"]);
+    assert_eq!(gpu["requestName"], request["name"]);
+    assert!(
+        gpu.get("deviceName").is_none(),
+        "with DRA the GPU names no device-plugin resource"
+    );
+    // Its sidecar annotation is the chart's.
+    let wiring = objects.iter().find(|o| o.name.ends_with("-kubevirt")).unwrap();
+    let expected: Value = serde_json::from_str(wiring.value["data"]["hook-sidecars.json"].as_str().unwrap()).unwrap();
+    let actual: Value = serde_json::from_str(
+        vmi["metadata"]["annotations"]["hooks.kubevirt.io/hookSidecars"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(actual, expected);
+    assert_eq!(vmi["metadata"]["annotations"]["hbm-passthrough.dev/policy"], "required");
+}

@@ -11,6 +11,8 @@ use proto::pluginregistration::registration_client::RegistrationClient;
 use proto::pluginregistration::{InfoRequest, PluginInfo, RegistrationStatus};
 use std::collections::HashMap;
 
+use tonic::transport::Channel;
+
 pub fn claim(namespace: &str, name: &str, uid: &str) -> Claim {
     Claim {
         namespace: namespace.into(),
@@ -33,18 +35,24 @@ pub async fn get_info(socket: &Path) -> PluginInfo {
     info
 }
 
-pub async fn prepare(socket: &Path, claims: Vec<Claim>) -> HashMap<String, NodePrepareResourceResponse> {
-    let channel = plugin::registration::dial_unix(socket).await.unwrap();
-    let response = DraPluginClient::new(channel)
+/// A DRAPlugin client on `dra.sock`, kept open as the kubelet keeps its connection.
+pub async fn dra_client(socket: &Path) -> DraPluginClient<Channel> {
+    DraPluginClient::new(plugin::registration::dial_unix(socket).await.unwrap())
+}
+
+pub async fn prepare_with(
+    client: &mut DraPluginClient<Channel>,
+    claims: Vec<Claim>,
+) -> HashMap<String, NodePrepareResourceResponse> {
+    let response = client
         .node_prepare_resources(NodePrepareResourcesRequest { claims })
         .await
         .unwrap();
     response.into_inner().claims
 }
 
-pub async fn unprepare(socket: &Path, claims: Vec<Claim>) -> HashMap<String, String> {
-    let channel = plugin::registration::dial_unix(socket).await.unwrap();
-    let response = DraPluginClient::new(channel)
+pub async fn unprepare_with(client: &mut DraPluginClient<Channel>, claims: Vec<Claim>) -> HashMap<String, String> {
+    let response = client
         .node_unprepare_resources(NodeUnprepareResourcesRequest { claims })
         .await
         .unwrap();
@@ -54,6 +62,16 @@ pub async fn unprepare(socket: &Path, claims: Vec<Claim>) -> HashMap<String, Str
         .into_iter()
         .map(|(uid, answer)| (uid, answer.error))
         .collect()
+}
+
+/// One NodePrepareResources call on a new connection.
+pub async fn prepare(socket: &Path, claims: Vec<Claim>) -> HashMap<String, NodePrepareResourceResponse> {
+    prepare_with(&mut dra_client(socket).await, claims).await
+}
+
+/// One NodeUnprepareResources call on a new connection; the error of each claim.
+pub async fn unprepare(socket: &Path, claims: Vec<Claim>) -> HashMap<String, String> {
+    unprepare_with(&mut dra_client(socket).await, claims).await
 }
 
 pub async fn watch_health(socket: &Path) -> tonic::Streaming<NodeWatchResourcesResponse> {

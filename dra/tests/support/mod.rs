@@ -25,7 +25,12 @@ pub struct Host {
 
 impl Host {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// The host under a fresh folder in `parent` (e.g. a tmpfs, where fsync costs nothing).
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let root = dir.path().join("root");
         topology::fixture::seed_amd_2gpu().write_to(&root).unwrap();
         let dev = dir.path().join("dev");
