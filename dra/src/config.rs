@@ -78,6 +78,8 @@ pub enum SettingsError {
     DriverName { name: String, why: String },
     #[error("--node-name {0:?} is empty or not a DNS subdomain (pass the Node's name, e.g. from the downward API)")]
     NodeName(String),
+    #[error("--sysfs-root {0} holds no sys/ directory (mount the host's /sys at <root>/sys and pass <root>)")]
+    SysfsRoot(PathBuf),
 }
 
 impl hbm_shell::ExitStatus for SettingsError {
@@ -135,6 +137,9 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, SettingsError> {
     })?;
     if dns_subdomain(&args.node_name).is_err() {
         return Err(SettingsError::NodeName(args.node_name.clone()));
+    }
+    if !args.sysfs_root.join("sys").is_dir() {
+        return Err(SettingsError::SysfsRoot(args.sysfs_root.clone()));
     }
     Ok(Settings {
         node_name: args.node_name.clone(),
@@ -204,6 +209,20 @@ mod tests {
             "resources: [{name: amd.com/mi300x-hbm, selector: {vendor: '1002'}}]\n",
         )
         .unwrap();
+        let error = resolve(&parse(&[
+            "--node-name",
+            "n",
+            "--sysfs-root",
+            dir.path().to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "--sysfs-root {} holds no sys/ directory (mount the host's /sys at <root>/sys and pass <root>)",
+                dir.path().display()
+            )
+        );
         let settings = resolve(&parse(&["--node-name", "n", "--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(settings.rules.len(), 1);
         assert_eq!(settings.rules[0].name, "amd.com/mi300x-hbm");

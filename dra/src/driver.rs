@@ -80,6 +80,10 @@ pub fn measure(settings: &Settings, previous: &DeviceState) -> Option<DeviceStat
     Some(DeviceState::measure(&settings.health_roots(), devices, previous, now()))
 }
 
+/// What the kubelet last said about the registration: `None` before any word (or after a new
+/// registration socket), `Some(Ok)` registered, `Some(Err)` refused with its reason.
+type RegistrationStatus = Option<Result<(), String>>;
+
 /// The running driver: its state channel and its two sockets.
 struct Running {
     state: watch::Sender<DeviceState>,
@@ -87,12 +91,17 @@ struct Running {
     registration: SocketServer,
     dra_routes: Routes,
     registration_routes: Routes,
+    status: watch::Sender<RegistrationStatus>,
+    /// Refusals in a row: the next registration attempt waits [`plugin::registration::Backoff`].
+    backoff: plugin::registration::Backoff,
+    retry_at: Option<tokio::time::Instant>,
 }
 
 fn routes(
     settings: &Settings,
     preparer: Arc<Preparer>,
     state: &watch::Sender<DeviceState>,
+    status: &watch::Sender<RegistrationStatus>,
     stop: &CancellationToken,
 ) -> (Routes, Routes) {
     let health = HealthService {
@@ -103,20 +112,23 @@ fn routes(
     };
     let dra =
         Routes::new(DraPluginServer::new(DraService { preparer })).add_service(DraResourceHealthServer::new(health));
-    let (status, _) = watch::channel(None);
     let registration = RegistrationService {
         driver: settings.driver_name.clone(),
         endpoint: settings.dra_socket().display().to_string(),
-        status,
+        status: status.clone(),
     };
     (dra, Routes::new(RegistrationServer::new(registration)))
 }
 
-fn bind(socket: &Path, routes: Routes, stop: &CancellationToken) -> Result<SocketServer, DriverError> {
-    SocketServer::start(socket, routes, stop).map_err(|source| DriverError::Bind {
+fn bind_error(socket: &Path, source: std::io::Error) -> DriverError {
+    DriverError::Bind {
         socket: socket.display().to_string(),
         source,
-    })
+    }
+}
+
+fn bind(socket: &Path, routes: Routes, stop: &CancellationToken) -> Result<SocketServer, DriverError> {
+    SocketServer::start(socket, routes, stop).map_err(|source| bind_error(socket, source))
 }
 
 async fn start(settings: &Settings, client: kube::Client, stop: &CancellationToken) -> Result<Running, DriverError> {
@@ -134,7 +146,8 @@ async fn start(settings: &Settings, client: kube::Client, stop: &CancellationTok
         receiver,
         Arc::new(ApiClaims { client }),
     )?);
-    let (dra_routes, registration_routes) = routes(settings, preparer, &state, stop);
+    let (status, _) = watch::channel(None);
+    let (dra_routes, registration_routes) = routes(settings, preparer, &state, &status, stop);
     // The DRA socket first: the kubelet dials it as soon as it sees the registration socket.
     let dra = bind(&settings.dra_socket(), dra_routes.clone(), stop)?;
     let registration = bind(&settings.registration_socket(), registration_routes.clone(), stop)?;
@@ -144,21 +157,53 @@ async fn start(settings: &Settings, client: kube::Client, stop: &CancellationTok
         registration,
         dra_routes,
         registration_routes,
+        status,
+        backoff: plugin::registration::Backoff { failures: 0 },
+        retry_at: None,
     })
 }
 
 impl Running {
-    /// Binds again any socket the kubelet removed.
+    /// After the kubelet refused the registration, binds the registration socket again once the
+    /// backoff has passed, so the plugin watcher asks again.
+    fn registration_due(&mut self) -> bool {
+        let refused = match &*self.status.borrow() {
+            Some(Ok(())) => {
+                self.backoff.failures = 0;
+                false
+            }
+            Some(Err(_)) => true,
+            None => false,
+        };
+        if !refused {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let retry_at = *self.retry_at.get_or_insert_with(|| now + self.backoff.next_delay());
+        if now < retry_at {
+            return false;
+        }
+        self.retry_at = None;
+        self.status.send_replace(None);
+        true
+    }
+
+    /// Binds again any socket the kubelet removed, and the registration socket after a refusal.
     async fn keep_sockets(&mut self, settings: &Settings, stop: &CancellationToken) -> Result<(), DriverError> {
         if !self.dra.socket_intact() {
             tracing::warn!(socket = %self.dra.socket.display(), "DRA socket removed; serving it again");
-            let fresh = bind(&settings.dra_socket(), self.dra_routes.clone(), stop)?;
-            std::mem::replace(&mut self.dra, fresh).stop().await;
+            self.dra
+                .restart(self.dra_routes.clone(), stop)
+                .await
+                .map_err(|source| bind_error(&settings.dra_socket(), source))?;
         }
-        if !self.registration.socket_intact() {
-            tracing::warn!(socket = %self.registration.socket.display(), "registration socket removed (kubelet restart?); registering again");
-            let fresh = bind(&settings.registration_socket(), self.registration_routes.clone(), stop)?;
-            std::mem::replace(&mut self.registration, fresh).stop().await;
+        let retry = self.registration_due();
+        if retry || !self.registration.socket_intact() {
+            tracing::warn!(socket = %self.registration.socket.display(), retry, "registration socket removed (kubelet restart?) or registration refused; registering again");
+            self.registration
+                .restart(self.registration_routes.clone(), stop)
+                .await
+                .map_err(|source| bind_error(&settings.registration_socket(), source))?;
         }
         Ok(())
     }

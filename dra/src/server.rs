@@ -1,7 +1,7 @@
 //! gRPC servers on unix sockets: `dra.sock` (DRAPlugin + DRAResourceHealth) and
-//! `<driver>-reg.sock` in the plugin-watcher directory (Registration). A server knows the inode
-//! of the socket file it bound, so the driver can tell when the kubelet removed it (kubelet
-//! restart) and bind it again.
+//! `<driver>-reg.sock` in the plugin-watcher directory (Registration). A server knows the identity
+//! (inode and change time) of the socket file it bound, so the driver can tell when the kubelet
+//! removed it (kubelet restart) and bind it again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,14 +13,20 @@ use tonic::service::Routes;
 #[derive(Debug)]
 pub struct SocketServer {
     pub socket: PathBuf,
-    inode: u64,
+    identity: Option<FileIdentity>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn inode(path: &Path) -> Option<u64> {
+/// Inode and change time: a file made at the same path later differs in one of them even when
+/// the filesystem reuses the inode number.
+type FileIdentity = (u64, i64, i64);
+
+fn identity(path: &Path) -> Option<FileIdentity> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|meta| meta.ino())
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.ino(), meta.ctime(), meta.ctime_nsec()))
 }
 
 impl SocketServer {
@@ -36,7 +42,7 @@ impl SocketServer {
             Err(error) => return Err(error),
         }
         let listener = tokio::net::UnixListener::bind(socket)?;
-        let inode = inode(socket).unwrap_or_default();
+        let identity = identity(socket);
         let stop = parent.child_token();
         let server_stop = stop.clone();
         let name = socket.display().to_string();
@@ -53,7 +59,7 @@ impl SocketServer {
         tracing::info!(socket = %socket.display(), "serving");
         Ok(Self {
             socket: socket.to_path_buf(),
-            inode,
+            identity,
             stop,
             task,
         })
@@ -61,7 +67,24 @@ impl SocketServer {
 
     /// Whether our socket file is still in place (the kubelet deletes it on restart).
     pub fn socket_intact(&self) -> bool {
-        inode(&self.socket) == Some(self.inode)
+        self.identity.is_some() && identity(&self.socket) == self.identity
+    }
+
+    /// Stops serving (removing the socket file if it is still ours), then binds the same path
+    /// again and serves `routes`: stopping first, so the old server never removes the new file.
+    pub async fn restart(&mut self, routes: Routes, parent: &CancellationToken) -> std::io::Result<()> {
+        self.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        if self.socket_intact() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        *self = Self::start(&self.socket.clone(), routes, parent)?;
+        Ok(())
     }
 
     /// Stops serving and removes the socket file if it is still ours.

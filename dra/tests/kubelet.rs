@@ -367,3 +367,28 @@ async fn a_removed_registration_socket_is_served_again() {
     assert_eq!(info.name, DRIVER);
     driver.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_registration_is_offered_again_on_a_new_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let api = ApiServer::start().await;
+    let host = Host::new();
+    let driver = Driver::start(&host.settings, api.client()).await;
+    let socket = host.settings.registration_socket();
+    let identity = |meta: std::fs::Metadata| (meta.ino(), meta.ctime(), meta.ctime_nsec());
+    let first = identity(std::fs::metadata(&socket).unwrap());
+    let channel = plugin::registration::dial_unix(&socket).await.unwrap();
+    proto::pluginregistration::registration_client::RegistrationClient::new(channel)
+        .notify_registration_status(proto::pluginregistration::RegistrationStatus {
+            plugin_registered: false,
+            error: "no supported version".into(),
+        })
+        .await
+        .unwrap();
+    wait_until("a new registration socket", || {
+        std::fs::metadata(&socket).is_ok_and(|meta| identity(meta) != first)
+    })
+    .await;
+    assert_eq!(kubelet::get_info(&socket).await.name, DRIVER);
+    driver.stop().await;
+}

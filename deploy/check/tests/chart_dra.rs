@@ -328,3 +328,23 @@ fn the_dra_examples_fit_the_chart_and_each_other() {
     assert_eq!(actual, expected);
     assert_eq!(vmi["metadata"]["annotations"]["hbm-passthrough.dev/policy"], "required");
 }
+
+#[test]
+fn the_plain_dra_manifest_under_deploy_equals_the_chart_rendering() {
+    // deploy/kubernetes/hbm-passthrough-dra.yaml = header comment + `helm template` in mode dra
+    // (regenerate with deploy/render.sh).
+    let path = deploy_check::workspace_root().join("deploy/kubernetes/hbm-passthrough-dra.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let body_start = text
+        .find("\n---\n")
+        .map(|i| i + 1)
+        .expect("a header, then the rendering");
+    let (header, body) = text.split_at(body_start);
+    assert!(header.lines().all(|l| l.starts_with('#')), "header lines are comments");
+    assert!(header.contains("deploy/render.sh"));
+    let rendered = helm::template("hbm-passthrough", "kube-system", &["--set", "mode=dra"]).unwrap();
+    assert!(
+        body == rendered,
+        "deploy/kubernetes/hbm-passthrough-dra.yaml drifted from the chart: run deploy/render.sh"
+    );
+}
