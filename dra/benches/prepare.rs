@@ -17,7 +17,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -72,24 +71,9 @@ fn rss_kib(pid: u32) -> u64 {
 async fn binary_figures() -> (Duration, Duration, u64) {
     let api = ApiServer::start().await;
     let host = Host::new();
-    let kubeconfig = host.dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let settings = &host.settings;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hbm-dra-driver"))
-        .args(["run", "--node-name", NODE, "--health-poll-interval", "1s"])
-        .arg("--kubelet-root-dir")
-        .arg(&settings.kubelet_root_dir)
-        .arg("--sysfs-root")
-        .arg(&settings.sysfs_root)
-        .arg("--dev-root")
-        .arg(&settings.dev_root)
-        .arg("--cdi-root")
-        .arg(&settings.cdi_root)
-        .env("KUBECONFIG", &kubeconfig)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = host.spawn_binary(&api, &["--health-poll-interval", "1s"]);
     let socket = settings.registration_socket();
     loop {
         if socket.exists()

@@ -13,7 +13,7 @@ use proto::dra::v1::Device;
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
 use support::kubelet::{self, claim};
-use support::{DRIVER, Driver, GPU_41, GPU_C1, Host, NODE, list, wait_until};
+use support::{DRIVER, Driver, GPU_41, GPU_C1, NODE, list, read_json, running, wait_until};
 
 const METADATA_DIR: &str = "/var/run/kubernetes.io/dra-device-attributes";
 
@@ -59,9 +59,7 @@ fn pci_bus_ids(text: &str, request: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn registration_answers_get_info_with_the_dra_endpoint() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
-    let driver = Driver::start(&host.settings, api.client()).await;
+    let (_api, host, driver) = running().await;
     let info = kubelet::get_info(&host.settings.registration_socket()).await;
     assert_eq!(info.r#type, "DRAPlugin");
     assert_eq!(info.name, DRIVER);
@@ -74,10 +72,8 @@ async fn registration_answers_get_info_with_the_dra_endpoint() {
 
 #[tokio::test]
 async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
+    let (api, host, driver) = running().await;
     api.put_claim("vms", "vm-gpu", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);
-    let driver = Driver::start(&host.settings, api.client()).await;
     let socket = host.settings.dra_socket();
 
     let answers = kubelet::prepare(&socket, vec![claim("vms", "vm-gpu", "uid-1")]).await;
@@ -91,13 +87,9 @@ async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
     assert_eq!(answers["uid-1"].devices, std::slice::from_ref(&expected));
 
     assert_eq!(host.cdi_files(), ["hbm.passthrough.dev-claim-uid-1.json"]);
-    let text = std::fs::read_to_string(host.settings.cdi_root.join("hbm.passthrough.dev-claim-uid-1.json")).unwrap();
-    let spec: cdi::Spec = serde_json::from_str(&text).unwrap();
+    let spec = host.cdi_spec("uid-1");
     assert_eq!(cdi::validate(&spec), Ok(()));
-    let metadata_file = host
-        .settings
-        .plugin_dir()
-        .join("metadata/uid-1/gpu/hbm.passthrough.dev-metadata.json");
+    let metadata_file = host.metadata_file("uid-1");
     let node = |path: &str| cdi::DeviceNode {
         path: path.into(),
         host_path: Some(path.into()),
@@ -143,9 +135,7 @@ async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
     assert_eq!(errors["uid-1"], "");
     assert!(host.cdi_files().is_empty());
     assert!(list(&host.settings.plugin_dir().join("metadata")).is_empty());
-    let checkpoint: Value =
-        serde_json::from_str(&std::fs::read_to_string(host.settings.plugin_dir().join("checkpoint.json")).unwrap())
-            .unwrap();
+    let checkpoint = read_json(&host.settings.plugin_dir().join("checkpoint.json"));
     assert_eq!(checkpoint, json!({"version": 1, "claims": {}}));
     let errors = kubelet::unprepare(&socket, vec![claim("vms", "vm-gpu", "uid-1")]).await;
     assert_eq!(errors["uid-1"], "", "unprepare is idempotent");
@@ -154,8 +144,7 @@ async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
 
 #[tokio::test]
 async fn every_claim_gets_its_own_answer() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
+    let (api, host, driver) = running().await;
     api.put_claim(
         "vms",
         "a",
@@ -178,7 +167,6 @@ async fn every_claim_gets_its_own_answer() {
         &[("gpu", DRIVER, NODE, GPU_C1)],
     );
     api.put_claim("vms", "second", "uid-e", json!({}), &[("gpu", DRIVER, NODE, GPU_41)]);
-    let driver = Driver::start(&host.settings, api.client()).await;
     let socket = host.settings.dra_socket();
 
     let answers = kubelet::prepare(
@@ -219,23 +207,12 @@ async fn every_claim_gets_its_own_answer() {
             "hbm.passthrough.dev-claim-uid-b.json"
         ]
     );
-    let template_spec: cdi::Spec = serde_json::from_str(
-        &std::fs::read_to_string(host.settings.cdi_root.join("hbm.passthrough.dev-claim-uid-b.json")).unwrap(),
-    )
-    .unwrap();
+    let template_spec = host.cdi_spec("uid-b");
     assert_eq!(
         template_spec.container_edits.mounts[0].container_path,
         format!("{METADATA_DIR}/resourceclaimtemplates/hbm-gpu/gpu/hbm.passthrough.dev-metadata.json")
     );
-    let metadata: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            host.settings
-                .plugin_dir()
-                .join("metadata/uid-b/gpu/hbm.passthrough.dev-metadata.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let metadata = read_json(&host.metadata_file("uid-b"));
     assert_eq!(metadata["podClaimName"], "hbm-gpu");
 
     let taken = kubelet::prepare(&socket, vec![claim("vms", "second", "uid-e")]).await;
@@ -251,10 +228,8 @@ async fn every_claim_gets_its_own_answer() {
 
 #[tokio::test]
 async fn an_unhealthy_device_is_refused_with_the_cause() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
+    let (api, host, driver) = running().await;
     api.put_claim("vms", "c", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);
-    let driver = Driver::start(&host.settings, api.client()).await;
     std::fs::remove_file(host.dev("vfio/56")).unwrap();
     let answers = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     assert_eq!(
@@ -270,10 +245,8 @@ async fn an_unhealthy_device_is_refused_with_the_cause() {
 
 #[tokio::test]
 async fn a_driver_restart_between_prepare_and_unprepare_keeps_the_claim() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
+    let (api, host, driver) = running().await;
     api.put_claim("vms", "c", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_41)]);
-    let driver = Driver::start(&host.settings, api.client()).await;
     let first = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     driver.stop().await;
     assert_eq!(host.cdi_files(), ["hbm.passthrough.dev-claim-uid-1.json"]);
@@ -283,15 +256,11 @@ async fn a_driver_restart_between_prepare_and_unprepare_keeps_the_claim() {
     assert_eq!(again, first);
     assert_eq!(claim_gets(&api), 1, "the restarted driver answered from its checkpoint");
     // A metadata file lost meanwhile is written again, with the next generation.
-    let metadata = host
-        .settings
-        .plugin_dir()
-        .join("metadata/uid-1/gpu/hbm.passthrough.dev-metadata.json");
+    let metadata = host.metadata_file("uid-1");
     std::fs::remove_file(&metadata).unwrap();
     let rewritten = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     assert_eq!(rewritten, first);
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
-    assert_eq!(document["metadata"]["generation"], 2);
+    assert_eq!(read_json(&metadata)["metadata"]["generation"], 2);
 
     let errors = kubelet::unprepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     assert_eq!(errors["uid-1"], "");
@@ -302,9 +271,7 @@ async fn a_driver_restart_between_prepare_and_unprepare_keeps_the_claim() {
 
 #[tokio::test]
 async fn the_health_stream_follows_a_vfio_group_and_a_dax_device() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
-    let driver = Driver::start(&host.settings, api.client()).await;
+    let (_api, host, driver) = running().await;
     let mut stream = kubelet::watch_health(&host.settings.dra_socket()).await;
     let mut next = async || {
         let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -357,9 +324,7 @@ async fn the_health_stream_follows_a_vfio_group_and_a_dax_device() {
 
 #[tokio::test]
 async fn a_removed_registration_socket_is_served_again() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
-    let driver = Driver::start(&host.settings, api.client()).await;
+    let (_api, host, driver) = running().await;
     let socket = host.settings.registration_socket();
     std::fs::remove_file(&socket).unwrap();
     wait_until("the registration socket is back", || socket.exists()).await;
@@ -371,9 +336,7 @@ async fn a_removed_registration_socket_is_served_again() {
 #[tokio::test]
 async fn a_refused_registration_is_offered_again_on_a_new_socket() {
     use std::os::unix::fs::MetadataExt;
-    let api = ApiServer::start().await;
-    let host = Host::new();
-    let driver = Driver::start(&host.settings, api.client()).await;
+    let (_api, host, driver) = running().await;
     let socket = host.settings.registration_socket();
     let identity = |meta: std::fs::Metadata| (meta.ino(), meta.ctime(), meta.ctime_nsec());
     let first = identity(std::fs::metadata(&socket).unwrap());

@@ -6,10 +6,9 @@
 
 mod support;
 
-use serde_json::{Value, json};
-use support::apiserver::ApiServer;
+use serde_json::json;
 use support::kubelet::{self, claim};
-use support::{DRIVER, Driver, GPU_C1, Host, NODE};
+use support::{DRIVER, GPU_C1, NODE, read_json, running};
 
 /// KubeVirt's corpus definition with one GPU hostdev, its address and alias replaced by a
 /// DRA-allocated GPU's (virt-launcher names a DRA GPU `ua-gpu-<name>`).
@@ -30,8 +29,7 @@ fn dra_domain(address: &str) -> String {
 
 #[tokio::test]
 async fn a_dra_allocated_gpu_is_rewritten_by_the_unchanged_sidecar_rewriter() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
+    let (api, host, driver) = running().await;
     api.put_claim(
         "vms",
         "vm-1-hbm-gpu-x",
@@ -39,7 +37,6 @@ async fn a_dra_allocated_gpu_is_rewritten_by_the_unchanged_sidecar_rewriter() {
         json!({"resource.kubernetes.io/pod-claim-name": "hbm-gpu"}),
         &[("gpu", DRIVER, NODE, GPU_C1)],
     );
-    let driver = Driver::start(&host.settings, api.client()).await;
     let answers = kubelet::prepare(
         &host.settings.dra_socket(),
         vec![claim("vms", "vm-1-hbm-gpu-x", "uid-1")],
@@ -48,11 +45,7 @@ async fn a_dra_allocated_gpu_is_rewritten_by_the_unchanged_sidecar_rewriter() {
     assert_eq!(answers["uid-1"].error, "");
     driver.stop().await;
 
-    let metadata = host
-        .settings
-        .plugin_dir()
-        .join("metadata/uid-1/gpu/hbm.passthrough.dev-metadata.json");
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(metadata).unwrap()).unwrap();
+    let document = read_json(&host.metadata_file("uid-1"));
     let address = document["requests"][0]["devices"][0]["attributes"]["resource.kubernetes.io/pciBusID"]["string"]
         .as_str()
         .unwrap()

@@ -6,11 +6,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
-use support::{DRIVER, Driver, GPU_41, GPU_C1, Host, NODE, wait_until};
+use support::{DRIVER, Driver, GPU_41, GPU_C1, Host, NODE, running, wait_until};
 
 const SLICE: &str = "node-a-hbm-passthrough-dev-0";
 
@@ -72,9 +72,7 @@ fn writes(api: &ApiServer) -> Vec<String> {
 
 #[tokio::test]
 async fn the_pool_is_published_field_by_field_and_follows_health_and_hot_unplug() {
-    let api = ApiServer::start().await;
-    let host = Host::new();
-    let driver = Driver::start(&host.settings, api.client()).await;
+    let (api, host, driver) = running().await;
     wait_for_pool(&api, 1, &[GPU_41, GPU_C1]).await;
     let slice = api.slices()[SLICE].clone();
     assert_eq!(slice["apiVersion"], "resource.k8s.io/v1");
@@ -152,25 +150,8 @@ async fn cleanup_deletes_the_nodes_slices_and_leaves_other_nodes_alone() {
 async fn the_binary_reads_kubeconfig_publishes_and_cleans_up_on_sigterm() {
     let api = ApiServer::start().await;
     let host = Host::new();
-    let kubeconfig = host.dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let settings = &host.settings;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hbm-dra-driver"))
-        .arg("run")
-        .args(["--node-name", NODE, "--health-poll-interval", "50ms", "--cleanup"])
-        .arg("--kubelet-root-dir")
-        .arg(&settings.kubelet_root_dir)
-        .arg("--sysfs-root")
-        .arg(&settings.sysfs_root)
-        .arg("--dev-root")
-        .arg(&settings.dev_root)
-        .arg("--cdi-root")
-        .arg(&settings.cdi_root)
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = host.spawn_binary(&api, &["--health-poll-interval", "50ms", "--cleanup"]);
     wait_for_pool(&api, 1, &[GPU_41, GPU_C1]).await;
     assert!(settings.registration_socket().exists());
     let killed = Command::new("kill")

@@ -335,12 +335,7 @@ fn the_plain_dra_manifest_under_deploy_equals_the_chart_rendering() {
     // (regenerate with deploy/render.sh).
     let path = deploy_check::workspace_root().join("deploy/kubernetes/hbm-passthrough-dra.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let body_start = text
-        .find("\n---\n")
-        .map(|i| i + 1)
-        .expect("a header, then the rendering");
-    let (header, body) = text.split_at(body_start);
-    assert!(header.lines().all(|l| l.starts_with('#')), "header lines are comments");
+    let (header, body) = manifest::split_generated(&text).expect("a comment header, then the rendering");
     assert!(header.contains("deploy/render.sh"));
     let rendered = helm::template("hbm-passthrough", "kube-system", &["--set", "mode=dra"]).unwrap();
     assert!(

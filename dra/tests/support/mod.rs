@@ -61,6 +61,55 @@ impl Host {
     pub fn cdi_files(&self) -> Vec<String> {
         list(&self.settings.cdi_root)
     }
+
+    /// The CDI spec prepare wrote for claim `uid`.
+    pub fn cdi_spec(&self, uid: &str) -> hbm_dra_driver::cdi::Spec {
+        let path = self.settings.cdi_root.join(format!("{DRIVER}-claim-{uid}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The host file of the metadata of request `gpu` of claim `uid`.
+    pub fn metadata_file(&self, uid: &str) -> PathBuf {
+        self.settings
+            .plugin_dir()
+            .join(format!("metadata/{uid}/gpu/{DRIVER}-metadata.json"))
+    }
+
+    /// The real binary, `run` with this host's paths, `KUBECONFIG` naming `api`, and `extra` flags.
+    pub fn spawn_binary(&self, api: &apiserver::ApiServer, extra: &[&str]) -> std::process::Child {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        let settings = &self.settings;
+        std::process::Command::new(env!("CARGO_BIN_EXE_hbm-dra-driver"))
+            .args(["run", "--node-name", NODE])
+            .args(extra)
+            .arg("--kubelet-root-dir")
+            .arg(&settings.kubelet_root_dir)
+            .arg("--sysfs-root")
+            .arg(&settings.sysfs_root)
+            .arg("--dev-root")
+            .arg(&settings.dev_root)
+            .arg("--cdi-root")
+            .arg(&settings.cdi_root)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// A JSON file's contents.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// An API-server stand-in, the fixture host, and the driver running against both.
+pub async fn running() -> (apiserver::ApiServer, Host, Driver) {
+    let api = apiserver::ApiServer::start().await;
+    let host = Host::new();
+    let driver = Driver::start(&host.settings, api.client()).await;
+    (api, host, driver)
 }
 
 /// File names in `dir`, sorted (none when it does not exist).
