@@ -275,6 +275,7 @@ impl Preparer {
         let claim_dir = metadata::claim_dir(&self.settings.plugin_dir, &claim.uid);
         prepared.dirs.push(claim_dir.clone());
         let mut mounts = Vec::new();
+        let mut files: Vec<(PathBuf, String)> = Vec::new();
         for (request, devices) in &by_request {
             let published: Vec<api::Device> = devices.iter().map(|device| api_device(device)).collect();
             let pairs: Vec<(&str, &api::Device)> = published.iter().map(|device| (pool, device)).collect();
@@ -283,12 +284,11 @@ impl Preparer {
             if let Some(dir) = path.parent() {
                 prepared.dirs.insert(0, dir.to_path_buf());
             }
-            write_durably(&path, text.as_bytes())?;
-            prepared.files.push(path.clone());
             mounts.push(cdi::Mount::read_only_bind(
                 &path,
                 &layout.container_path(request, driver),
             ));
+            files.push((path, text));
         }
         let spec = self.cdi_spec(&claim.uid, allocated, &by_request, mounts);
         let path = cdi::spec_path(&self.settings.cdi_root, driver, &claim.uid);
@@ -296,9 +296,9 @@ impl Preparer {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_durably(&path, text.as_bytes())?;
-        prepared.files.push(path);
-        Ok(())
+        files.push((path, text));
+        prepared.files.extend(files.iter().map(|(path, _)| path.clone()));
+        write_all_durably(&files)
     }
 
     /// The claim's CDI spec (see [`crate::cdi`]).
@@ -403,6 +403,33 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PrepareError> {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
     hbm_shell::write_atomically(path, bytes, hbm_shell::Durability::Durable).map_err(fail)
+}
+
+/// Writes every file durably, each on its own thread: the fsyncs overlap instead of queueing
+/// (the first error is returned; the caller removes whatever was written).
+fn write_all_durably(files: &[(PathBuf, String)]) -> Result<(), PrepareError> {
+    if let [(path, text)] = files {
+        return write_durably(path, text.as_bytes());
+    }
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = files
+            .iter()
+            .map(|(path, text)| scope.spawn(move || write_durably(path, text.as_bytes())))
+            .collect();
+        let mut first_error = None;
+        for (writer, (path, _)) in writers.into_iter().zip(files) {
+            let result = writer.join().unwrap_or_else(|_| {
+                Err(PrepareError::Write {
+                    path: path.clone(),
+                    source: std::io::Error::other("the writing thread panicked"),
+                })
+            });
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
 }
 
 /// Best-effort removal of what a failed prepare wrote.

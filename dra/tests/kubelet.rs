@@ -355,3 +355,32 @@ async fn a_refused_registration_is_offered_again_on_a_new_socket() {
     assert_eq!(kubelet::get_info(&socket).await.name, DRIVER);
     driver.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_write_leaves_nothing_behind() {
+    let (api, host, driver) = running().await;
+    // A file where the CDI folder should be: the spec cannot be written.
+    std::fs::write(&host.settings.cdi_root, "").unwrap();
+    api.put_claim("vms", "c", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);
+    let answers = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
+    let spec = host.settings.cdi_root.join("hbm.passthrough.dev-claim-uid-1.json");
+    assert!(
+        answers["uid-1"]
+            .error
+            .starts_with(&format!("cannot write {}: ", spec.display())),
+        "{}",
+        answers["uid-1"].error
+    );
+    assert!(answers["uid-1"].devices.is_empty());
+    assert!(!host.metadata_file("uid-1").exists());
+    assert!(list(&host.settings.plugin_dir().join("metadata")).is_empty());
+    assert!(
+        !host.settings.plugin_dir().join("checkpoint.json").exists(),
+        "nothing was checkpointed"
+    );
+    // Once the folder can be made, the same claim prepares.
+    std::fs::remove_file(&host.settings.cdi_root).unwrap();
+    let answers = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
+    assert_eq!(answers["uid-1"].error, "");
+    driver.stop().await;
+}
