@@ -4,8 +4,8 @@
 //! Prepare of a claim: answered from the checkpoint when it is prepared and its files are all in
 //! place; else GET the claim (UID checked), keep this driver's results, check each device is this
 //! node's, known, measured healthy now, and not prepared for another claim; write the metadata
-//! file of each request, then the claim's CDI spec, then the checkpoint. Unprepare removes exactly
-//! the files and folders the checkpoint lists, then the entry.
+//! file of each request and the claim's CDI spec (in parallel), then the checkpoint. Unprepare
+//! removes exactly the files and folders the checkpoint lists, then the entry.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
