@@ -25,6 +25,9 @@ use crate::server::SocketServer;
 use crate::service::{DraService, HealthService, RegistrationService};
 use crate::slices::SlicePublisher;
 
+/// Every this many polls the stored slices are read again (30 s at the default 1 s poll).
+pub const RESYNC_POLLS: u32 = 30;
+
 /// Why the driver stopped before being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -234,12 +237,17 @@ pub async fn run(settings: Settings, client: kube::Client, stop: CancellationTok
     let mut publisher = SlicePublisher::new(client.clone(), &settings.driver_name, &settings.node_name);
     let mut running = start(&settings, client, &stop).await?;
     running.refresh(&settings, &mut publisher).await;
+    let mut polls: u32 = 0;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(settings.poll_interval) => {}
         }
         running.keep_sockets(&settings, &stop).await?;
+        polls += 1;
+        if polls.is_multiple_of(RESYNC_POLLS) {
+            publisher.resync();
+        }
         running.refresh(&settings, &mut publisher).await;
     }
     let Running { dra, registration, .. } = running;

@@ -1,7 +1,8 @@
 //! ResourceSlice publication: the node's pool (named after the node) as slices of at most 128
 //! devices, named `<node>-<driver>-<index>`. The pool generation is bumped whenever the device
-//! list changes; slices no longer needed are deleted; `delete_all` removes the node's slices (on
-//! uninstall, `--cleanup`).
+//! list changes; slices no longer needed are deleted; `resync` makes the next publication compare
+//! with the stored slices again (repairing edits and deletions by others); `delete_all` removes
+//! the node's slices (on uninstall, `--cleanup`).
 
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -29,6 +30,9 @@ pub struct SlicePublisher {
     node: String,
     /// The devices and generation last published, to skip the API when nothing changed.
     published: Option<(Vec<api::Device>, i64)>,
+    /// The highest generation this publisher wrote: slices deleted behind its back come back
+    /// with a higher one, never an old number.
+    last_generation: Option<i64>,
 }
 
 impl SlicePublisher {
@@ -38,6 +42,7 @@ impl SlicePublisher {
             driver: driver.to_string(),
             node: node.to_string(),
             published: None,
+            last_generation: None,
         }
     }
 
@@ -66,17 +71,26 @@ impl SlicePublisher {
         }
         let existing = self.existing().await?;
         let stored_generation = existing.iter().map(|s| s.spec.pool.generation).max();
+        let known_generation = stored_generation.max(self.last_generation);
         let stored_devices: Vec<api::Device> = existing.iter().flat_map(|s| s.spec.devices.clone()).collect();
         let wanted_count = slice_specs(&self.node, &self.driver, 0, &devices).len();
-        let generation = match stored_generation {
-            Some(generation) if stored_devices == devices && existing.len() == wanted_count => generation,
-            Some(generation) => generation + 1,
-            None => 1,
+        let current = stored_devices == devices && existing.len() == wanted_count;
+        let generation = match (stored_generation, known_generation) {
+            (Some(stored), _) if current => stored,
+            (_, Some(known)) => known + 1,
+            (_, None) => 1,
         };
         self.write_slices(&existing, generation, &devices).await?;
         tracing::info!(node = %self.node, generation, devices = devices.len(), "ResourceSlices published");
         self.published = Some((devices, generation));
+        self.last_generation = Some(generation);
         Ok(generation)
+    }
+
+    /// Forgets what was published, so the next [`SlicePublisher::publish`] reads the stored
+    /// slices again and repairs any that were changed or deleted behind its back.
+    pub fn resync(&mut self) {
+        self.published = None;
     }
 
     async fn write_slices(

@@ -169,3 +169,13 @@ async fn the_binary_reads_kubeconfig_publishes_and_cleans_up_on_sigterm() {
     assert!(api.slices().is_empty());
     assert!(!settings.registration_socket().exists());
 }
+
+#[tokio::test]
+async fn slices_deleted_behind_the_drivers_back_come_back_with_a_higher_generation() {
+    let (api, _host, driver) = running().await;
+    wait_for_pool(&api, 1, &[GPU_41, GPU_C1]).await;
+    api.store.lock().unwrap().slices.clear();
+    // The resync runs every 30 polls: 1.5 s at the tests' 50 ms.
+    wait_for_pool(&api, 2, &[GPU_41, GPU_C1]).await;
+    driver.stop().await;
+}
