@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::dra::health_v1::dra_resource_health_server::DraResourceHealthServer;
+use proto::dra::health_v1alpha1::dra_resource_health_server::DraResourceHealthServer as AlphaHealthServer;
 use proto::dra::v1::dra_plugin_server::DraPluginServer;
 use proto::pluginregistration::registration_server::RegistrationServer;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use crate::devices::{api_device, node_devices};
 use crate::health::DeviceState;
 use crate::prepare::{PrepareSettings, Preparer};
 use crate::server::SocketServer;
-use crate::service::{DraService, HealthService, RegistrationService};
+use crate::service::{DraService, HealthService, HealthServiceV1alpha1, RegistrationService};
 use crate::slices::SlicePublisher;
 
 /// Every this many polls the stored slices are read again (30 s at the default 1 s poll).
@@ -113,8 +114,9 @@ fn routes(
         timeout: (settings.poll_interval * 5).max(Duration::from_secs(10)),
         stop: stop.clone(),
     };
-    let dra =
-        Routes::new(DraPluginServer::new(DraService { preparer })).add_service(DraResourceHealthServer::new(health));
+    let dra = Routes::new(DraPluginServer::new(DraService { preparer }))
+        .add_service(DraResourceHealthServer::new(health.clone()))
+        .add_service(AlphaHealthServer::new(HealthServiceV1alpha1(health)));
     let registration = RegistrationService {
         driver: settings.driver_name.clone(),
         endpoint: settings.dra_socket().display().to_string(),

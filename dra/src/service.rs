@@ -1,6 +1,6 @@
 //! The gRPC services the kubelet calls: `v1.DRAPlugin` (prepare/unprepare), `v1.DRAResourceHealth`
-//! (the health stream) and the plugin-watcher `Registration` (GetInfo,
-//! NotifyRegistrationStatus).
+//! and `v1alpha1.DRAResourceHealth` (the health stream) and the plugin-watcher `Registration`
+//! (GetInfo, NotifyRegistrationStatus).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use proto::dra::health_v1::dra_resource_health_server::DraResourceHealth;
 use proto::dra::health_v1::{NodeWatchResourcesRequest, NodeWatchResourcesResponse};
+use proto::dra::health_v1alpha1 as alpha;
 use proto::dra::v1::dra_plugin_server::DraPlugin;
 use proto::dra::v1::{
     NodePrepareResourcesRequest, NodePrepareResourcesResponse, NodeUnprepareResourcesRequest,
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::health::DeviceState;
+use crate::health::{DeviceState, v1alpha1_message};
 use crate::prepare::Preparer;
 
 /// `v1.DRAPlugin`.
@@ -62,22 +63,45 @@ pub struct HealthService {
     pub stop: CancellationToken,
 }
 
-type HealthStream = Pin<Box<dyn Stream<Item = Result<NodeWatchResourcesResponse, Status>> + Send + 'static>>;
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl HealthService {
+    /// The full list now and after every change, until the driver stops.
+    fn messages(&self, version: &'static str) -> impl Stream<Item = NodeWatchResourcesResponse> + Send + 'static {
+        tracing::info!(pool = %self.pool, version, "kubelet opened NodeWatchResources");
+        let pool = self.pool.clone();
+        let timeout = self.timeout;
+        tokio_stream::wrappers::WatchStream::new(self.state.clone())
+            .map(move |state| state.health_message(&pool, timeout))
+            .take_until(self.stop.clone().cancelled_owned())
+    }
+}
 
 #[tonic::async_trait]
 impl DraResourceHealth for HealthService {
-    type NodeWatchResourcesStream = HealthStream;
+    type NodeWatchResourcesStream = Boxed<NodeWatchResourcesResponse>;
 
     async fn node_watch_resources(
         &self,
         _: Request<NodeWatchResourcesRequest>,
     ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
-        tracing::info!(pool = %self.pool, "kubelet opened NodeWatchResources");
-        let pool = self.pool.clone();
-        let timeout = self.timeout;
-        let stream = tokio_stream::wrappers::WatchStream::new(self.state.clone())
-            .map(move |state| Ok(state.health_message(&pool, timeout)))
-            .take_until(self.stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(self.messages("v1").map(Ok))))
+    }
+}
+
+/// `v1alpha1.DRAResourceHealth`: the same stream for kubelets before 1.36.
+#[derive(Clone)]
+pub struct HealthServiceV1alpha1(pub HealthService);
+
+#[tonic::async_trait]
+impl alpha::dra_resource_health_server::DraResourceHealth for HealthServiceV1alpha1 {
+    type NodeWatchResourcesStream = Boxed<alpha::NodeWatchResourcesResponse>;
+
+    async fn node_watch_resources(
+        &self,
+        _: Request<alpha::NodeWatchResourcesRequest>,
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        let stream = self.0.messages("v1alpha1").map(|message| Ok(v1alpha1_message(message)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

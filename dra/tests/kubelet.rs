@@ -384,3 +384,49 @@ async fn a_failed_write_leaves_nothing_behind() {
     assert_eq!(answers["uid-1"].error, "");
     driver.stop().await;
 }
+
+#[tokio::test]
+async fn a_kubelet_before_1_36_gets_the_same_health_list_through_v1alpha1() {
+    let (_api, host, driver) = running().await;
+    let socket = host.settings.dra_socket();
+    std::fs::remove_file(host.dev("vfio/56")).unwrap();
+    let unhealthy = |devices: Vec<(String, i32, String)>| devices.into_iter().filter(|d| d.1 == 2).count();
+    // Both streams open on the current list; wait (bounded) until it shows the missing group.
+    let mut alpha = kubelet::watch_health_v1alpha1(&socket).await;
+    let alpha_list = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), alpha.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let list: Vec<(String, i32, String)> = message
+            .devices
+            .into_iter()
+            .map(|d| (d.device.unwrap().device_name, d.health, d.message))
+            .collect();
+        if unhealthy(list.clone()) == 1 {
+            break list;
+        }
+    };
+    let mut current = kubelet::watch_health(&socket).await;
+    let message = tokio::time::timeout(Duration::from_secs(5), current.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let current_list: Vec<(String, i32, String)> = message
+        .devices
+        .into_iter()
+        .map(|d| (d.device.unwrap().device_name, d.health, d.message))
+        .collect();
+    assert_eq!(alpha_list, current_list);
+    assert_eq!(
+        alpha_list[1],
+        (
+            GPU_C1.to_string(),
+            2,
+            format!("{} is missing", host.dev("vfio/56").display())
+        )
+    );
+    driver.stop().await;
+}

@@ -64,6 +64,12 @@ pub mod dra {
             dra_resource_health_client, dra_resource_health_server,
         };
     }
+
+    /// `package v1alpha1`: `/v1alpha1.DRAResourceHealth/NodeWatchResources`, the same messages
+    /// as [`health_v1`], for kubelets before 1.36.
+    pub mod health_v1alpha1 {
+        tonic::include_proto!("v1alpha1");
+    }
 }
 
 /// KubeVirt hook sidecar APIs.

@@ -11,6 +11,10 @@ fn service_names_decide_the_grpc_paths() {
         "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
     );
     assert_eq!(health::dra_resource_health_server::SERVICE_NAME, "v1.DRAResourceHealth");
+    assert_eq!(
+        proto::dra::health_v1alpha1::dra_resource_health_server::SERVICE_NAME,
+        "v1alpha1.DRAResourceHealth"
+    );
     assert_eq!((dra::PLUGIN_TYPE, dra::VERSION), ("DRAPlugin", "v1.DRAPlugin"));
 }
 
