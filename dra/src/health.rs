@@ -1,14 +1,13 @@
 //! Device health as the driver keeps it: every device with the device plugin's measured verdict
 //! (vfio-pci binding, `/dev/vfio/<group>`, dax device or node online, region size unchanged;
 //! [`plugin::health::HealthRoots::measure`]), and the `DRAResourceHealth` message built from it
-//! (`v1`, and the same in the `v1alpha1` types).
+//! (the same message for `v1` and `v1alpha1`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plugin::health::{HealthRoots, Verdict};
 use proto::dra::health_v1::{DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesResponse};
-use proto::dra::health_v1alpha1 as alpha;
 
 use crate::devices::NodeDevice;
 
@@ -84,26 +83,6 @@ impl DeviceState {
             .collect();
         NodeWatchResourcesResponse { devices }
     }
-}
-
-/// The same message in the `v1alpha1` types (kubelets before 1.36); the two are field for field
-/// the same.
-pub fn v1alpha1_message(message: NodeWatchResourcesResponse) -> alpha::NodeWatchResourcesResponse {
-    let devices = message
-        .devices
-        .into_iter()
-        .map(|device| alpha::DeviceHealth {
-            device: device.device.map(|id| alpha::DeviceIdentifier {
-                pool_name: id.pool_name,
-                device_name: id.device_name,
-            }),
-            health: device.health,
-            last_updated_time: device.last_updated_time,
-            health_check_timeout_seconds: device.health_check_timeout_seconds,
-            message: device.message,
-        })
-        .collect();
-    alpha::NodeWatchResourcesResponse { devices }
 }
 
 fn truncate(mut message: String) -> String {

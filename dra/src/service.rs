@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::health::{DeviceState, v1alpha1_message};
+use crate::health::DeviceState;
 use crate::prepare::Preparer;
 
 /// `v1.DRAPlugin`.
@@ -95,14 +95,13 @@ pub struct HealthServiceV1alpha1(pub HealthService);
 
 #[tonic::async_trait]
 impl alpha::dra_resource_health_server::DraResourceHealth for HealthServiceV1alpha1 {
-    type NodeWatchResourcesStream = Boxed<alpha::NodeWatchResourcesResponse>;
+    type NodeWatchResourcesStream = Boxed<NodeWatchResourcesResponse>;
 
     async fn node_watch_resources(
         &self,
-        _: Request<alpha::NodeWatchResourcesRequest>,
+        _: Request<NodeWatchResourcesRequest>,
     ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
-        let stream = self.0.messages("v1alpha1").map(|message| Ok(v1alpha1_message(message)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(self.0.messages("v1alpha1").map(Ok))))
     }
 }
 

@@ -65,9 +65,18 @@ pub mod dra {
         };
     }
 
-    /// `package v1alpha1`: `/v1alpha1.DRAResourceHealth/NodeWatchResources`, the same messages
-    /// as [`health_v1`], for kubelets before 1.36.
-    pub mod health_v1alpha1 {
+    /// `/v1alpha1.DRAResourceHealth/NodeWatchResources` for kubelets before 1.36, speaking the
+    /// [`health_v1`] messages.
+    pub use crate::dra_health::v1alpha1 as health_v1alpha1;
+}
+
+/// Where the generated `package v1alpha1` code lives: beside `v1` (PodResources v1 and the DRA
+/// health messages), which it names as `super::v1`. Use it as [`dra::health_v1alpha1`].
+pub mod dra_health {
+    pub use crate::podresources::v1;
+
+    /// `package v1alpha1`: the `DRAResourceHealth` service alone.
+    pub mod v1alpha1 {
         tonic::include_proto!("v1alpha1");
     }
 }

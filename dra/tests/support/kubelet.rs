@@ -84,13 +84,11 @@ pub async fn watch_health(socket: &Path) -> tonic::Streaming<NodeWatchResourcesR
 }
 
 /// The health stream as a kubelet before 1.36 opens it (`v1alpha1`).
-pub async fn watch_health_v1alpha1(
-    socket: &Path,
-) -> tonic::Streaming<proto::dra::health_v1alpha1::NodeWatchResourcesResponse> {
+pub async fn watch_health_v1alpha1(socket: &Path) -> tonic::Streaming<NodeWatchResourcesResponse> {
     use proto::dra::health_v1alpha1::dra_resource_health_client::DraResourceHealthClient as AlphaClient;
     let channel = plugin::registration::dial_unix(socket).await.unwrap();
     AlphaClient::new(channel)
-        .node_watch_resources(proto::dra::health_v1alpha1::NodeWatchResourcesRequest {})
+        .node_watch_resources(NodeWatchResourcesRequest {})
         .await
         .unwrap()
         .into_inner()
