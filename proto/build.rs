@@ -11,6 +11,9 @@ const PROTOS: &[&str] = &[
     "kubevirt_hooks_v1alpha1.proto",
     "kubevirt_hooks_v1alpha2.proto",
     "kubevirt_hooks_v1alpha3.proto",
+    "dra_v1.proto",
+    "dra_health_v1.proto",
+    "dra_health_v1alpha1.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -43,6 +43,44 @@ pub mod podresources {
     }
 }
 
+/// Kubelet Dynamic Resource Allocation (DRA) kubelet-plugin APIs.
+pub mod dra {
+    /// `package k8s.io.kubelet.pkg.apis.dra.v1`: `/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/*`.
+    pub mod v1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+
+        /// The version string a DRA driver lists in `PluginInfo.supported_versions`.
+        pub const VERSION: &str = "v1.DRAPlugin";
+        /// `PluginInfo.type` of a DRA driver.
+        pub const PLUGIN_TYPE: &str = "DRAPlugin";
+    }
+
+    /// `/v1.DRAResourceHealth/NodeWatchResources`. Its proto package is `v1`, the same package
+    /// as PodResources v1, so the generated code lives in [`crate::podresources::v1`]; this
+    /// module names the health items.
+    pub mod health_v1 {
+        pub use crate::podresources::v1::{
+            DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest, NodeWatchResourcesResponse,
+            dra_resource_health_client, dra_resource_health_server,
+        };
+    }
+
+    /// `/v1alpha1.DRAResourceHealth/NodeWatchResources` for kubelets before 1.36, speaking the
+    /// [`health_v1`] messages.
+    pub use crate::dra_health::v1alpha1 as health_v1alpha1;
+}
+
+/// Where the generated `package v1alpha1` code lives: beside `v1` (PodResources v1 and the DRA
+/// health messages), which it names as `super::v1`. Use it as [`dra::health_v1alpha1`].
+pub mod dra_health {
+    pub use crate::podresources::v1;
+
+    /// `package v1alpha1`: the `DRAResourceHealth` service alone.
+    pub mod v1alpha1 {
+        tonic::include_proto!("v1alpha1");
+    }
+}
+
 /// KubeVirt hook sidecar APIs.
 pub mod kubevirt {
     /// `kubevirt.hooks.*`

@@ -26,7 +26,7 @@
 helm.sh/chart: {{ include "hbm-passthrough.chart" . }}
 {{ include "hbm-passthrough.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: device-plugin
+app.kubernetes.io/component: {{ if eq .Values.mode "dra" }}dra-driver{{ else }}device-plugin{{ end }}
 app.kubernetes.io/part-of: hbm-passthrough
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
@@ -75,6 +75,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* permittedHostDevices.pciHostDevices entries: one per vendor:device a resource rule names (vendor-only rules get none: KubeVirt's selector needs both). */}}
 {{- define "hbm-passthrough.pciHostDevices" -}}
 {{- $out := list }}
+{{- if ne .Values.mode "dra" }}{{/* with DRA nothing goes into permittedHostDevices */}}
 {{- range .Values.config.resources }}
 {{- $rule := . }}
 {{- $devices := .selector.devices | default list }}
@@ -85,5 +86,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $out = append $out (dict "pciVendorSelector" (printf "%s:%s" ($rule.selector.vendor | lower | trimPrefix "0x") (. | lower | trimPrefix "0x")) "resourceName" $rule.name "externalResourceProvider" true) }}
 {{- end }}
 {{- end }}
+{{- end }}
 {{- $out | toJson }}
+{{- end }}
+
+{{/* The DRA driver's plugin directory (socket, checkpoint, metadata files) and its DeviceClass name. */}}
+{{- define "hbm-passthrough.draPluginsDir" -}}
+{{- printf "%s/plugins" (trimSuffix "/" .Values.kubeletRootDir) }}
+{{- end }}
+{{- define "hbm-passthrough.deviceClassName" -}}
+{{- default .Values.dra.driverName .Values.dra.deviceClass.name }}
 {{- end }}

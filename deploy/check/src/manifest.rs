@@ -58,6 +58,18 @@ pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
     Ok(objects)
 }
 
+/// A file generated from a rendering (`deploy/kubernetes/*.yaml`): its header, every line of which
+/// is a comment, and the rendering after it (from the first `---` line on). `None` when the file
+/// has no such header.
+pub fn split_generated(text: &str) -> Option<(&str, &str)> {
+    let body_start = text.find("\n---\n")? + 1;
+    let (header, body) = text.split_at(body_start);
+    header
+        .lines()
+        .all(|line| line.starts_with('#'))
+        .then_some((header, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +92,16 @@ mod tests {
         );
         let err = parse("a: [\n").unwrap_err();
         assert!(err.to_string().starts_with("YAML document 0: "), "{err}");
+    }
+
+    #[test]
+    fn a_generated_file_splits_into_its_comment_header_and_the_rendering() {
+        let text = "# generated\n# do not edit\n---\nkind: A\n";
+        assert_eq!(
+            split_generated(text),
+            Some(("# generated\n# do not edit\n", "---\nkind: A\n"))
+        );
+        assert_eq!(split_generated("kind: B\n---\nkind: A\n"), None);
+        assert_eq!(split_generated("# only a header\n"), None);
     }
 }

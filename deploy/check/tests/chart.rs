@@ -636,12 +636,7 @@ fn plain_manifests_under_deploy_equal_the_chart_rendering() {
     // name and namespace the header names (regenerate with deploy/render.sh).
     let path = workspace_root().join("deploy/kubernetes/hbm-passthrough.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let body_start = text
-        .find("\n---\n")
-        .map(|i| i + 1)
-        .expect("a header, then the rendering");
-    let (header, body) = text.split_at(body_start);
-    assert!(header.lines().all(|l| l.starts_with('#')), "header lines are comments");
+    let (header, body) = manifest::split_generated(&text).expect("a comment header, then the rendering");
     assert!(header.contains("deploy/render.sh"));
     let rendered = default_render();
     assert!(
