@@ -4,7 +4,7 @@
 #
 #   deploy/build-static.sh            build; print the folder holding the binaries (last line)
 #
-# Output: target/static/x86_64-unknown-linux-gnu/release/{hbm-hook,hbm-device-plugin,...}.
+# Output: target/static/x86_64-unknown-linux-gnu/release/{hbm-hook,hbm-device-plugin,hbm-dra-driver}.
 # A binary that still names a dynamic loader fails the script. Static glibc cannot load NSS
 # modules: host names resolve only through /etc/hosts and the numeric forms; the binaries reach
 # the API server by the IP in KUBERNETES_SERVICE_HOST and everything else by unix socket.
@@ -13,12 +13,8 @@ cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
 target_dir=target/static
-bins=(hbm-hook hbm-device-plugin)
-packages=(-p hook -p plugin)
-if [ -f dra/Cargo.toml ]; then
-  bins+=(hbm-dra-driver)
-  packages+=(-p hbm-dra-driver)
-fi
+bins=(hbm-hook hbm-device-plugin hbm-dra-driver)
+packages=(-p hook -p plugin -p hbm-dra-driver)
 
 bin_args=()
 for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done

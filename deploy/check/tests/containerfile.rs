@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! deploy/Containerfile: two images (plugin, sidecar) `FROM scratch`, each holding one static
+//! deploy/Containerfile: three images (plugin, sidecar, dra) `FROM scratch`, each holding one static
 //! binary of this workspace, entrypoints in exec form, OCI labels, and the sidecar's default
 //! command equal to what the chart's hookSidecars annotation runs. The images are really built
 //! and run by `tests/images.rs`.
@@ -61,6 +61,7 @@ fn image_title(stage: &str) -> &'static str {
     match stage {
         "plugin" => "hbm-device-plugin",
         "sidecar" => "hbm-hook-sidecar",
+        "dra" => "hbm-dra-driver",
         other => panic!("unexpected stage {other}"),
     }
 }
@@ -69,7 +70,7 @@ fn image_title(stage: &str) -> &'static str {
 fn images_are_from_scratch_and_hold_one_workspace_binary_each() {
     let f = file();
     let names: Vec<Option<&str>> = f.stages.iter().map(|s| s.name.as_deref()).collect();
-    assert_eq!(names, [Some("plugin"), Some("sidecar")]);
+    assert_eq!(names, [Some("plugin"), Some("sidecar"), Some("dra")]);
     assert!(bins("plugin").contains(&"hbm-device-plugin".to_string()));
     assert!(bins("hook").contains(&"hbm-hook".to_string()));
     let plugin = f.stage("plugin").unwrap();
@@ -89,6 +90,11 @@ fn images_are_from_scratch_and_hold_one_workspace_binary_each() {
         ]
     );
     assert_eq!(sidecar.all("USER").last().unwrap().args, "107:107");
+    let dra = f.stage("dra").unwrap();
+    assert!(bins("dra").contains(&"hbm-dra-driver".to_string()));
+    assert_runtime_stage(dra, "hbm-dra-driver");
+    assert_eq!(dra.exec_form("CMD").unwrap(), Some(vec!["run".to_string()]));
+    assert_eq!(dra.all("USER").last().unwrap().args, "0:0");
 }
 
 #[test]

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 
 use common::images::{ImageRefs, built_images};
-use common::podman::Container;
+use common::podman::{Container, run_once};
 use common::{chart, kubelet, sidecar_client};
 
 const GIB: u64 = 1 << 30;
@@ -133,5 +133,23 @@ async fn sidecar_image_answers_info_and_on_define_domain_through_the_hooks_dir()
     assert!(
         !Path::new(&socket).exists(),
         "the sidecar's socket is left behind after stop"
+    );
+}
+
+/// The DRA driver's image holds a static binary that runs under the DRA DaemonSet's security
+/// context (read from `deploy/kubernetes/hbm-passthrough-dra.yaml`). Its registration, slices and
+/// prepare calls are tested against stand-ins in `dra/tests/`.
+#[test]
+fn dra_image_runs_its_binary_under_the_dra_daemonsets_security_context() {
+    let ImageRefs { dra, .. } = built_images();
+    let daemonset = chart::dra_daemonset();
+    let flags = chart::security_flags_of(&daemonset);
+    assert!(flags.contains(&"--read-only".to_string()), "{flags:?}");
+    assert!(flags.contains(&"--cap-drop=ALL".to_string()), "{flags:?}");
+    let output = run_once(&dra, &flags, &["--version".to_string()]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("hbm-dra-driver {}", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -7,7 +7,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
 use super::kubelet::HostDirs;
 
 fn objects() -> Vec<deploy_check::manifest::Object> {
-    let path = deploy_check::workspace_root().join("deploy/kubernetes/hbm-passthrough.yaml");
+    objects_of("hbm-passthrough.yaml")
+}
+
+fn objects_of(file: &str) -> Vec<deploy_check::manifest::Object> {
+    let path = deploy_check::workspace_root().join("deploy/kubernetes").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     deploy_check::manifest::parse(&text).unwrap()
 }
@@ -23,6 +27,20 @@ fn object<T: serde::de::DeserializeOwned>(kind: &str, name: &str) -> T {
 /// The plugin DaemonSet.
 pub fn plugin_daemonset() -> DaemonSet {
     object("DaemonSet", "hbm-passthrough")
+}
+
+/// The DRA driver DaemonSet (`mode: dra`).
+pub fn dra_daemonset() -> DaemonSet {
+    let found = objects_of("hbm-passthrough-dra.yaml")
+        .into_iter()
+        .find(|o| o.kind == "DaemonSet")
+        .expect("deploy/kubernetes/hbm-passthrough-dra.yaml has no DaemonSet");
+    serde_json::from_value(found.value).unwrap()
+}
+
+/// The security flags of a DaemonSet's one container.
+pub fn security_flags_of(daemonset: &DaemonSet) -> Vec<String> {
+    security_flags(&pod_and_container(daemonset).1)
 }
 
 /// The args of the first hook sidecar in the KubeVirt wiring's annotation value.

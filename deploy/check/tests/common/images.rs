@@ -3,11 +3,12 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The two references `deploy/images.sh` printed (its last two lines).
+/// The three references `deploy/images.sh` printed (its last three lines).
 #[derive(Clone, Debug)]
 pub struct ImageRefs {
     pub plugin: String,
     pub sidecar: String,
+    pub dra: String,
 }
 
 /// Builds both images (once) and returns their references.
@@ -31,14 +32,16 @@ fn build() -> ImageRefs {
         String::from_utf8_lossy(&output.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    let [.., plugin, sidecar] = lines.as_slice() else {
-        panic!("deploy/images.sh printed fewer than two lines: {stdout}");
+    let [.., plugin, sidecar, dra] = lines.as_slice() else {
+        panic!("deploy/images.sh printed fewer than three lines: {stdout}");
     };
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(*plugin, format!("hbm-passthrough/hbm-device-plugin:{version}"));
     assert_eq!(*sidecar, format!("hbm-passthrough/hbm-hook-sidecar:{version}"));
+    assert_eq!(*dra, format!("hbm-passthrough/hbm-dra-driver:{version}"));
     ImageRefs {
         plugin: plugin.to_string(),
         sidecar: sidecar.to_string(),
+        dra: dra.to_string(),
     }
 }

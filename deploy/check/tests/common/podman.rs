@@ -75,6 +75,27 @@ impl Container {
     }
 }
 
+/// `podman run --rm` of `image` in the foreground (same runtime, network and rlimits as
+/// [`Container::start`]); its output.
+pub fn run_once(image: &str, flags: &[String], args: &[String]) -> std::process::Output {
+    let mut argv: Vec<String> = [
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--network=none",
+        "--ulimit=nofile=1024:1024",
+        "--ulimit=nproc=1024:1024",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(flags.iter().cloned());
+    argv.push(image.to_string());
+    argv.extend(args.iter().cloned());
+    podman(&argv)
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         if std::thread::panicking() {
