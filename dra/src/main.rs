@@ -79,7 +79,7 @@ async fn serve(settings: hbm_dra_driver::config::Settings) -> ExitCode {
         Err(error) => return hbm_shell::exit_with("hbm-dra-driver", &NoClient(error.to_string())),
     };
     let stop = CancellationToken::new();
-    let signals = tokio::spawn(wait_for_signal(stop.clone()));
+    let signals = tokio::spawn(plugin::run::wait_for_signal(stop.clone()));
     let result = driver::run(settings, client, stop).await;
     signals.abort();
     match result {
@@ -89,17 +89,4 @@ async fn serve(settings: hbm_dra_driver::config::Settings) -> ExitCode {
         }
         Err(error) => hbm_shell::exit_with("hbm-dra-driver", &error),
     }
-}
-
-async fn wait_for_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    stop.cancel();
 }

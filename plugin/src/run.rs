@@ -130,8 +130,8 @@ async fn node_labeler(node_name: Option<&str>) -> Result<Option<NodeLabeler>, Ru
     Ok(Some(NodeLabeler::new(client, node.to_string())))
 }
 
-/// Cancels `stop` on the first SIGTERM or SIGINT.
-async fn wait_for_signal(stop: CancellationToken) {
+/// Cancels `stop` on the first SIGTERM or SIGINT (the device plugin's and the DRA driver's).
+pub async fn wait_for_signal(stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");

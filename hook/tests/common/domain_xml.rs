@@ -382,6 +382,25 @@ impl StandIn {
     }
 }
 
+/// A managed='no' vfio `<hostdev>` for host PCI address `host` (`0000:c1:00.0`), with a user
+/// alias when given (none: the rewriter must name it), indented for `<devices>`.
+pub fn vfio_hostdev(host: &str, alias: Option<&str>) -> String {
+    let address = PciAddr::parse_host(host).unwrap_or_else(|e| panic!("host address {host}: {e}"));
+    let alias = alias
+        .map(|a| format!("      <alias name='{a}'/>\n"))
+        .unwrap_or_default();
+    format!(
+        "    <hostdev mode='subsystem' type='pci' managed='no'>
+      <driver name='vfio'/>
+      <source>
+        <address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>
+      </source>
+{alias}    </hostdev>
+",
+        address.domain, address.bus, address.slot, address.function
+    )
+}
+
 /// Replaces the PCI hostdev whose alias is `alias` by `stand_in`, keeping the alias and the guest
 /// `<address>` element exactly as written (so the pxb/root-port placement and the Generic
 /// Initiator's `pci-dev=` still apply).

@@ -2,7 +2,7 @@
 //! be able to walk `GPU -> numa_node -> SRAT -> soft-reserved HBM range`. See docs/testing.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common::domain_xml::{PciAddr, StandIn, with_stand_in};
+use crate::common::domain_xml::{StandIn, vfio_hostdev, with_stand_in};
 use crate::common::guest::{self, DirectBootDomain, soft_reserved_params};
 use crate::common::hbm_chain;
 use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
@@ -104,21 +104,7 @@ struct Gpu {
 }
 
 fn hostdev_xml(g: &Gpu) -> String {
-    let host = PciAddr::parse_host(g.host).unwrap();
-    let alias = g
-        .alias
-        .map(|a| format!("      <alias name='{a}'/>\n"))
-        .unwrap_or_default();
-    format!(
-        "    <hostdev mode='subsystem' type='pci' managed='no'>
-      <driver name='vfio'/>
-      <source>
-        <address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>
-      </source>
-{alias}    </hostdev>
-",
-        host.domain, host.bus, host.slot, host.function
-    )
+    vfio_hostdev(g.host, g.alias)
 }
 
 /// Builds a direct-kernel-boot q35 definition with vfio hostdevs for `gpus` (no NUMA, no ACPI

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::common::domain_xml::{PciAddr, StandIn, with_stand_in};
+use crate::common::domain_xml::{PciAddr, StandIn, vfio_hostdev, with_stand_in};
 use crate::common::guest::{self, DirectBootDomain, VerifyOutput, initrd_with_hbm_hook};
 use crate::common::hbm_chain::{self, HbmChain};
 use crate::common::inventory::{HbmSpec, MIB, hbm_inventory};
@@ -25,20 +25,7 @@ fn base_domain(label: &str, console_log: &std::path::Path, specs: &[HbmSpec]) ->
     domain.devices = specs
         .iter()
         .enumerate()
-        .map(|(index, spec)| {
-            let host = PciAddr::parse_host(&spec.gpu).unwrap();
-            format!(
-                "    <hostdev mode='subsystem' type='pci' managed='no'>
-      <driver name='vfio'/>
-      <source>
-        <address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>
-      </source>
-      <alias name='ua-gpu{index}'/>
-    </hostdev>
-",
-                host.domain, host.bus, host.slot, host.function
-            )
-        })
+        .map(|(index, spec)| vfio_hostdev(&spec.gpu, Some(&format!("ua-gpu{index}"))))
         .collect();
     domain
 }

@@ -15,23 +15,28 @@ fn podman(args: &[String]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e} (Debian package podman)"))
 }
 
+/// `podman --runtime runc run MODE` with no network and rlimits within this machine's hard limits.
+fn run_argv(mode: &str) -> Vec<String> {
+    [
+        "--runtime",
+        "runc",
+        "run",
+        mode,
+        "--network=none",
+        "--ulimit=nofile=1024:1024",
+        "--ulimit=nproc=1024:1024",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 impl Container {
     /// `podman run -d` of `image` with the test's `flags` and the image's arguments `args`.
     pub fn start(prefix: &str, image: &str, flags: &[String], args: &[String]) -> Self {
         let name = format!("{prefix}-{}", std::process::id());
         let _ = podman(&["rm".into(), "-f".into(), name.clone()]);
-        let mut argv: Vec<String> = [
-            "--runtime",
-            "runc",
-            "run",
-            "--detach",
-            "--network=none",
-            "--ulimit=nofile=1024:1024",
-            "--ulimit=nproc=1024:1024",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut argv = run_argv("--detach");
         argv.push(format!("--name={name}"));
         argv.extend(flags.iter().cloned());
         argv.push(image.to_string());
@@ -78,18 +83,7 @@ impl Container {
 /// `podman run --rm` of `image` in the foreground (same runtime, network and rlimits as
 /// [`Container::start`]); its output.
 pub fn run_once(image: &str, flags: &[String], args: &[String]) -> std::process::Output {
-    let mut argv: Vec<String> = [
-        "--runtime",
-        "runc",
-        "run",
-        "--rm",
-        "--network=none",
-        "--ulimit=nofile=1024:1024",
-        "--ulimit=nproc=1024:1024",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv = run_argv("--rm");
     argv.extend(flags.iter().cloned());
     argv.push(image.to_string());
     argv.extend(args.iter().cloned());
