@@ -22,21 +22,41 @@ pub struct DiscoverArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Exit code for an unusable root or a bad config.
-pub const EXIT_USAGE: u8 = 2;
+/// Why `discover` printed no inventory.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverCommandError {
+    /// The config file is unreadable or invalid (exit 2).
+    #[error("{0}")]
+    Config(#[from] crate::ConfigError),
+    /// Discovery could not run (exit 2 for the root, 1 for a read failure).
+    #[error("{0}")]
+    Discover(#[from] crate::DiscoverError),
+}
 
-/// What `discover` prints on stdout, or the exit code and the one-line error for stderr.
-pub fn discover_output(args: &DiscoverArgs) -> Result<String, (u8, String)> {
-    let one_line = |s: String| s.replace('\n', " ");
+impl hbm_shell::ExitStatus for DiscoverCommandError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            DiscoverCommandError::Config(_) => hbm_shell::exit::BAD_INPUT,
+            DiscoverCommandError::Discover(error) => error.exit_code(),
+        }
+    }
+}
+
+/// What `discover` prints on stdout.
+pub fn discover_output(args: &DiscoverArgs) -> Result<String, DiscoverCommandError> {
     let config = match &args.config {
-        Some(p) => DiscoveryConfig::load(p).map_err(|e| (EXIT_USAGE, one_line(format!("discover: {e}"))))?,
+        Some(path) => DiscoveryConfig::load(path)?,
         None => DiscoveryConfig::default(),
     };
-    let inv = discover(&args.sysfs_root, &config).map_err(|e| (e.exit_code(), one_line(format!("discover: {e}"))))?;
-    for w in &inv.warnings {
-        tracing::debug!(root = %args.sysfs_root.display(), warning = %w, "discovery warning");
+    let inventory = discover(&args.sysfs_root, &config)?;
+    for warning in &inventory.warnings {
+        tracing::debug!(root = %args.sysfs_root.display(), %warning, "discovery warning");
     }
-    Ok(if args.json { inv.to_json() } else { render_table(&inv) })
+    Ok(if args.json {
+        inventory.to_json()
+    } else {
+        render_table(&inventory)
+    })
 }
 
 /// Runs `discover`: the table (or JSON) on stdout and exit 0, or one line on stderr and exit 2
@@ -47,9 +67,6 @@ pub fn run_discover(args: &DiscoverArgs) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err((code, line)) => {
-            eprintln!("{line}");
-            ExitCode::from(code)
-        }
+        Err(error) => hbm_shell::exit_with("discover", &error),
     }
 }

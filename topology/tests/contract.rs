@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use common::*;
-use topology::cli::{DiscoverArgs, EXIT_USAGE, discover_output};
+use hbm_shell::ExitStatus;
+use topology::cli::{DiscoverArgs, discover_output};
 use topology::{Inventory, fixture};
 
 #[derive(Parser)]
@@ -118,8 +119,9 @@ fn table_shows_unhealthy_reasons_and_warnings() {
 #[test]
 fn unusable_root_and_bad_config_exit_2_with_one_line() {
     let d = tempfile::TempDir::new().unwrap();
-    let (code, line) = discover_output(&args(&["--sysfs-root", d.path().to_str().unwrap()])).unwrap_err();
-    assert_eq!(code, EXIT_USAGE);
+    let error = discover_output(&args(&["--sysfs-root", d.path().to_str().unwrap()])).unwrap_err();
+    assert_eq!(error.exit_code(), 2);
+    let line = hbm_shell::one_line(&format!("discover: {error}"));
     assert_eq!(
         line,
         format!(
@@ -130,14 +132,15 @@ fn unusable_root_and_bad_config_exit_2_with_one_line() {
     let cfg = d.path().join("c.yaml");
     std::fs::write(&cfg, "discovery:\n  gpus: 7\n").unwrap();
     let root = sample();
-    let (code, line) = discover_output(&args(&[
+    let error = discover_output(&args(&[
         "--sysfs-root",
         root.to_str().unwrap(),
         "--config",
         cfg.to_str().unwrap(),
     ]))
     .unwrap_err();
-    assert_eq!(code, EXIT_USAGE);
+    assert_eq!(error.exit_code(), 2);
+    let line = hbm_shell::one_line(&format!("discover: {error}"));
     assert!(
         line.starts_with(&format!(
             "discover: {}: invalid discovery configuration: ",
