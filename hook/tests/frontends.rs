@@ -14,4 +14,5 @@ mod frontends {
     mod libvirt_hook_calls;
     mod rewrite_cli;
     mod usage_errors;
+    mod verify_guest_snapshot;
 }
