@@ -111,4 +111,4 @@ check "schema rejects a bad PCI vendor id" bad_value 'config.resources[0].select
 echo "30-helm.sh (shell checks): $passed passed, $failures failed"
 [ "$failures" -eq 0 ] || exit 1
 
-HBM_HELM="$helm" cargo test -p deploy-check
+HBM_HELM="$helm" cargo test -p deploy-check --test chart --test chart_dra --test consumers
