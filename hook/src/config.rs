@@ -157,10 +157,13 @@ impl HookConfig {
                 p
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.clone(),
             source,
-        })?;
+        };
+        let bytes = topology::sysfs::read_config_file(&path, topology::config::MAX_CONFIG_BYTES).map_err(read_error)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")))?;
         let config = Self::parse(&text).map_err(|reason| ConfigError::Parse {
             path: path.clone(),
             reason,

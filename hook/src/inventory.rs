@@ -85,12 +85,18 @@ pub fn resolve(args: &InventoryArgs, config: &HookConfig) -> Result<Inventory, I
     args.source(config).read(&config.discovery)
 }
 
+/// The largest `discover --json` document read (a host with thousands of GPUs stays far below).
+const MAX_TOPOLOGY_BYTES: u64 = 64 << 20;
+
 /// Reads a `discover --json` document.
 pub fn load_topology(path: &Path) -> Result<Inventory, InventoryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::TopologyRead {
+    let read_error = |source| InventoryError::TopologyRead {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let bytes = topology::sysfs::read_config_file(path, MAX_TOPOLOGY_BYTES).map_err(read_error)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")))?;
     Inventory::from_json(&text).map_err(|e| InventoryError::Topology {
         path: path.to_path_buf(),
         reason: e.to_string(),

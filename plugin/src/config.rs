@@ -215,7 +215,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
 /// The text of the config file at `path`: a regular file (a FIFO or device is refused rather
 /// than waited on) of at most [`topology::config::MAX_CONFIG_BYTES`], in UTF-8.
 pub fn read_config_text(path: &Path) -> std::io::Result<String> {
-    let bytes = topology::sysfs::read_regular_file(path, topology::config::MAX_CONFIG_BYTES)?;
+    let bytes = topology::sysfs::read_config_file(path, topology::config::MAX_CONFIG_BYTES)?;
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 

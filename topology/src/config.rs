@@ -77,7 +77,7 @@ impl DiscoveryConfig {
     /// Loads [`DiscoveryConfig::from_yaml`] from a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let bytes = crate::sysfs::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+        let bytes = crate::sysfs::read_config_file(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: origin.clone(),
             source,
         })?;

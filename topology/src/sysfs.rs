@@ -238,6 +238,26 @@ pub fn read_regular_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads a config or input file named on a command line: a regular file of at most `limit` bytes
+/// ([`read_regular_file`]), or the null device, which reads as empty (`--config /dev/null`: no
+/// settings). Anything else that is not a regular file is refused, so a FIFO cannot hang the
+/// caller and `/dev/zero` cannot fill its memory.
+pub fn read_config_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    if is_null_device(path) {
+        return Ok(Vec::new());
+    }
+    read_regular_file(path, limit)
+}
+
+/// Whether `path` is the null device (a character device with `/dev/null`'s device number).
+fn is_null_device(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(null)) = (fs::metadata(path), fs::metadata("/dev/null")) else {
+        return false;
+    };
+    meta.file_type().is_char_device() && meta.rdev() == null.rdev()
+}
+
 fn describe(kind: fs::FileType) -> &'static str {
     if kind.is_fifo() {
         "a FIFO"
@@ -347,6 +367,37 @@ pub fn parse_cpumask(s: &str) -> Option<Vec<u32>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn config_files_are_regular_files_or_the_null_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        assert_eq!(read_config_file(&file, 100).unwrap(), b"a: 1\n");
+        assert_eq!(read_config_file(Path::new("/dev/null"), 100).unwrap(), b"");
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let refused = read_config_file(&fifo, 100).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            refused.to_string(),
+            "a FIFO, not a regular file; only regular files are read"
+        );
+        let zero = read_config_file(Path::new("/dev/zero"), 100).unwrap_err();
+        assert_eq!(
+            zero.to_string(),
+            "a device node, not a regular file; only regular files are read"
+        );
+        assert_eq!(
+            read_config_file(dir.path(), 100).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            read_config_file(&file, 2).unwrap_err().to_string(),
+            "larger than 2 bytes; refused"
+        );
+    }
 
     #[test]
     fn lists_parse_and_reject_garbage() {

@@ -108,3 +108,40 @@ fn a_mapping_without_nodes_or_dax_is_refused_by_every_command() {
     assert_refused("libvirt prepare", &out, "hbm-passthrough", &message);
     assert!(!dir.path().join("claims").exists(), "nothing claimed");
 }
+
+/// A FIFO named as the config file or the topology file is refused at once (exit 2, one line),
+/// never waited on; `/dev/null` still means "no settings".
+#[test]
+fn a_fifo_as_config_or_topology_is_refused_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    let sample = crate::common::repo_root().join("examples");
+    let host = sample.join("hosts/seed-amd");
+    let domain = sample.join("domains/gpu-vm.xml");
+    let (host, domain) = (host.to_str().unwrap(), domain.to_str().unwrap());
+    let as_config = run_bounded(&["rewrite", "--sysfs-root", host, "--config", fifo, "--in", domain]);
+    assert_refused(
+        "rewrite --config FIFO",
+        &as_config,
+        "hbm-hook rewrite",
+        &format!("error: config {fifo}: cannot read: a FIFO, not a regular file; only regular files are read"),
+    );
+    let as_topology = run_bounded(&["rewrite", "--topology", fifo, "--config", "/dev/null", "--in", domain]);
+    assert_refused(
+        "rewrite --topology FIFO",
+        &as_topology,
+        "hbm-hook rewrite",
+        &format!("error: topology {fifo}: cannot read: a FIFO, not a regular file; only regular files are read"),
+    );
+    let doctor = run_bounded(&["doctor", "--config", fifo, "--sysfs-root", host]);
+    assert_refused(
+        "doctor --config FIFO",
+        &doctor,
+        "hbm-hook doctor",
+        &format!("config {fifo}: cannot read: a FIFO, not a regular file; only regular files are read"),
+    );
+    let null_config = run(&["rewrite", "--sysfs-root", host, "--config", "/dev/null", "--in", domain]);
+    assert_eq!(null_config.status.code(), Some(0), "{null_config:?}");
+}
