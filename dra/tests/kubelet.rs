@@ -430,3 +430,30 @@ async fn a_kubelet_before_1_36_gets_the_same_health_list_through_v1alpha1() {
     );
     driver.stop().await;
 }
+
+/// The CDI crate's reader is a real judge: the spec prepare wrote, with its kind or a device name
+/// broken, is refused.
+#[tokio::test]
+async fn the_cdi_crate_refuses_a_spec_with_a_bad_kind_or_device_name() {
+    let (api, host, driver) = running().await;
+    api.put_claim("vms", "vm-gpu", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);
+    let answers = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "vm-gpu", "uid-1")]).await;
+    assert_eq!(answers["uid-1"].error, "");
+    let written = host.settings.cdi_root.join(format!("{DRIVER}-claim-uid-1.json"));
+    let text = std::fs::read_to_string(&written).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    value["kind"] = json!("not a kind");
+    let bad_kind = dir.path().join("bad-kind.json");
+    std::fs::write(&bad_kind, value.to_string()).unwrap();
+    assert!(container_device_interface::spec::read_spec(&bad_kind, 0).is_err());
+
+    let mut bad_name: serde_json::Value = serde_json::from_str(&text).unwrap();
+    bad_name["devices"][0]["name"] = json!("not a name!");
+    let named = dir.path().join("bad-name.json");
+    std::fs::write(&named, bad_name.to_string()).unwrap();
+    assert!(container_device_interface::spec::read_spec(&named, 0).is_err());
+    assert!(container_device_interface::spec::read_spec(&written, 0).is_ok());
+    driver.stop().await;
+}

@@ -62,10 +62,21 @@ impl Host {
         list(&self.settings.cdi_root)
     }
 
-    /// The CDI spec prepare wrote for claim `uid`.
+    /// The CDI spec prepare wrote for claim `uid`, after the CDI project's own reader
+    /// (`container-device-interface`: schema, version, vendor/class, device names and edits) has
+    /// accepted the file and found exactly the devices the spec names.
     pub fn cdi_spec(&self, uid: &str) -> hbm_dra_driver::cdi::Spec {
         let path = self.settings.cdi_root.join(format!("{DRIVER}-claim-{uid}.json"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        let spec: hbm_dra_driver::cdi::Spec = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let checked = container_device_interface::spec::read_spec(&path, 0)
+            .unwrap_or_else(|e| panic!("the CDI crate refuses {}: {e:#}", path.display()));
+        assert_eq!(checked.get_vendor(), DRIVER);
+        assert_eq!(checked.get_class(), "gpu");
+        let names: Vec<String> = checked.get_devices().into_keys().collect();
+        let mut wanted: Vec<String> = spec.devices.iter().map(|d| d.name.clone()).collect();
+        wanted.sort();
+        assert_eq!(names, wanted);
+        spec
     }
 
     /// The host file of the metadata of request `gpu` of claim `uid`.
