@@ -16,6 +16,15 @@ target_dir=target/static
 bins=(hbm-hook hbm-device-plugin hbm-dra-driver)
 packages=(-p hook -p plugin -p hbm-dra-driver)
 
+# Called from inside `cargo test` too: the caller's CARGO_* variables (package name, manifest dir,
+# ...) would change the fingerprints and relink every binary; keep only CARGO_HOME.
+for var in $(compgen -e); do
+  case "$var" in
+    CARGO_HOME) ;;
+    CARGO_*|RUSTC_WRAPPER|RUSTC_WORKSPACE_WRAPPER|__CARGO_*) unset "$var" ;;
+  esac
+done
+
 bin_args=()
 for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
 RUSTFLAGS="-C target-feature=+crt-static" \
