@@ -58,10 +58,42 @@ pub struct Document<'a> {
 /// `xmlns:hbm`): each part starts with a letter or `_` and goes on with letters, digits, `-`,
 /// `.`, `_` (non-ASCII letters allowed).
 fn is_qualified_name(name: &str) -> bool {
+    if let Some(simple) = ascii_qualified_name(name.as_bytes()) {
+        return simple;
+    }
     let mut parts = name.split(':');
     let first = parts.next().is_some_and(is_ncname);
     let second = parts.next().is_none_or(is_ncname);
     first && second && parts.next().is_none()
+}
+
+/// [`is_qualified_name`] for an all-ASCII name without `\u{b7}` (most names), byte by byte;
+/// `None` when the name holds a non-ASCII byte (the general rule decides).
+fn ascii_qualified_name(name: &[u8]) -> Option<bool> {
+    let mut colons = 0;
+    let mut part_start = true;
+    for byte in name {
+        if !byte.is_ascii() {
+            return None;
+        }
+        let fits = match byte {
+            b':' => {
+                colons += 1;
+                if part_start {
+                    return Some(false);
+                }
+                part_start = true;
+                continue;
+            }
+            _ if part_start => byte.is_ascii_alphabetic() || *byte == b'_',
+            _ => byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_'),
+        };
+        if !fits {
+            return Some(false);
+        }
+        part_start = false;
+    }
+    Some(!part_start && colons <= 1)
 }
 
 /// One part of a qualified name.
@@ -71,17 +103,12 @@ fn is_ncname(part: &str) -> bool {
         && chars.all(|rest| rest.is_alphanumeric() || matches!(rest, '-' | '.' | '_' | '\u{b7}') || !rest.is_ascii())
 }
 
-/// A character XML 1.0 allows in a document (`Char`): tab, LF, CR, and from U+0020 on except
-/// U+FFFE and U+FFFF (a `str` holds no surrogates).
-fn is_xml_char(ch: char) -> bool {
-    matches!(ch, '\t' | '\n' | '\r') || (ch >= ' ' && ch != '\u{fffe}' && ch != '\u{ffff}')
-}
-
 /// Refuses a character XML does not allow anywhere in the document (NUL, C0 controls).
 fn check_chars(src: &str) -> Result<(), RewriteError> {
-    let Some((offset, ch)) = src.char_indices().find(|(_, ch)| !is_xml_char(*ch)) else {
+    let Some(offset) = first_non_xml_char(src.as_bytes()) else {
         return Ok(());
     };
+    let ch = src[offset..].chars().next().unwrap_or('\0');
     let line_start = src[..offset].rfind('\n').map_or(0, |newline| newline + 1);
     let column = src[line_start..offset].chars().count() + 1;
     Err(malformed(
@@ -92,6 +119,19 @@ fn check_chars(src: &str) -> Result<(), RewriteError> {
             u32::from(ch)
         ),
     ))
+}
+
+/// Offset of the first character XML 1.0 does not allow (`Char`: tab, LF, CR, and from U+0020
+/// on except U+FFFE and U+FFFF; a `str` holds no surrogates), byte by byte: a C0 control other
+/// than tab, LF and CR, or U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`; `EF` only ever starts a
+/// character).
+fn first_non_xml_char(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().enumerate().position(|(offset, byte)| match byte {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 => true,
+        0xef => matches!(bytes.get(offset + 1..offset + 3), Some([0xbf, 0xbe | 0xbf])),
+        _ => false,
+    })
 }
 
 /// XML's white space: space, tab, CR, LF (not form feed or other control characters).
@@ -180,8 +220,9 @@ impl<'a> Indexer<'a> {
         self_closing: bool,
     ) -> Result<(), RewriteError> {
         let start = self.markup_start(before, after);
-        let name = tag.name().as_ref().to_string();
-        if !is_qualified_name(&name) {
+        let name = tag.name();
+        let name = name.as_ref();
+        if !is_qualified_name(name) {
             return Err(malformed(self.src, start, format!("{name:?} is not an XML name")));
         }
         check_attributes(self.src, tag, start)?;
@@ -322,7 +363,9 @@ fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(),
                 return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
             }
             Ok(attr) => {
-                if let Err(err) = quick_xml::escape::unescape(&attr.value) {
+                if attr.value.contains('&')
+                    && let Err(err) = quick_xml::escape::unescape(&attr.value)
+                {
                     return Err(bad(format!("value of {}: {err} (write & as &amp;)", attr.key.as_ref())));
                 }
             }
@@ -404,58 +447,28 @@ impl<'a> Document<'a> {
 
     /// Attributes of the start tag, in document order.
     pub fn attrs(&self, idx: usize) -> Vec<Attr<'a>> {
+        self.attr_iter(idx).collect()
+    }
+
+    /// Attributes of the start tag, in document order, read as they are asked for.
+    pub fn attr_iter(&self, idx: usize) -> impl Iterator<Item = Attr<'a>> + use<'a> {
         let element = &self.elements[idx];
         let src = self.src;
-        let bytes = src.as_bytes();
-        let mut out = Vec::new();
-        let mut pos = element.name.1;
         let end = if element.self_closing {
             element.tag_end.saturating_sub(2)
         } else {
             element.tag_end.saturating_sub(1)
         };
-        loop {
-            while pos < end && is_xml_space(bytes[pos]) {
-                pos += 1;
-            }
-            if pos >= end {
-                break;
-            }
-            let name_start = pos;
-            while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
-                pos += 1;
-            }
-            let name_end = pos;
-            while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
-                pos += 1;
-            }
-            if pos >= end {
-                break;
-            }
-            let quote = bytes[pos];
-            if quote != b'"' && quote != b'\'' {
-                break;
-            }
-            let value_start = pos + 1;
-            let Some(len) = src[value_start..end].find(quote as char) else {
-                break;
-            };
-            let value_end = value_start + len;
-            out.push(Attr {
-                name: &src[name_start..name_end],
-                raw: &src[value_start..value_end],
-                name_start,
-                end: value_end + 1,
-                value: (value_start, value_end),
-            });
-            pos = value_end + 1;
-        }
-        out
+        let mut pos = element.name.1;
+        std::iter::from_fn(move || {
+            let attr = next_attr(src, pos, end)?;
+            pos = attr.end;
+            Some(attr)
+        })
     }
 
     pub fn attr(&self, idx: usize, name: &str) -> Option<Cow<'a, str>> {
-        self.attrs(idx)
-            .into_iter()
+        self.attr_iter(idx)
             .find(|attr| attr.name == name)
             .map(|attr| quick_xml::escape::unescape(attr.raw).unwrap_or(Cow::Borrowed(attr.raw)))
     }
@@ -535,6 +548,41 @@ impl<'a> Document<'a> {
     }
 }
 
+/// The attribute starting at or after `pos` in a start tag ending at `end`.
+fn next_attr(src: &str, mut pos: usize, end: usize) -> Option<Attr<'_>> {
+    let bytes = src.as_bytes();
+    while pos < end && is_xml_space(bytes[pos]) {
+        pos += 1;
+    }
+    if pos >= end {
+        return None;
+    }
+    let name_start = pos;
+    while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
+        pos += 1;
+    }
+    let name_end = pos;
+    while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
+        pos += 1;
+    }
+    if pos >= end {
+        return None;
+    }
+    let quote = bytes[pos];
+    if quote != b'"' && quote != b'\'' {
+        return None;
+    }
+    let value_start = pos + 1;
+    let value_end = value_start + bytes[value_start..end].iter().position(|byte| *byte == quote)?;
+    Some(Attr {
+        name: &src[name_start..name_end],
+        raw: &src[value_start..value_end],
+        name_start,
+        end: value_end + 1,
+        value: (value_start, value_end),
+    })
+}
+
 fn strip_comments(s: &str) -> Cow<'_, str> {
     if !s.contains("<!--") {
         return Cow::Borrowed(s);
@@ -555,7 +603,7 @@ fn strip_comments(s: &str) -> Cow<'_, str> {
 }
 
 /// Replacements of byte ranges of the source; applied in one pass.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Edits {
     /// (start, end, replacement, sequence) - sequence keeps insertion order at equal offsets.
     items: Vec<(usize, usize, String, usize)>,

@@ -2,7 +2,8 @@
 //! called in a fixed order (the order fixes the bytes of the record's undo list, so a second
 //! rewrite gives the same bytes). Every change goes through the [`EditWriter`], which records
 //! how to take it back. The record's digests are those of the additions as written, so the
-//! plan is written twice: once to read the additions back, once with their digests.
+//! additions are written once and the record twice: once to read the additions back, once with
+//! their digests.
 
 mod cells;
 mod edit_writer;
@@ -14,7 +15,6 @@ mod record;
 mod spm_marking;
 
 use crate::document::Document;
-use crate::metadata::UndoOp;
 use crate::plan::Plan;
 use crate::proof;
 
@@ -22,7 +22,13 @@ use edit_writer::EditWriter;
 
 /// The definition with the plan's additions and their record (with a digest per addition).
 pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>) -> String {
-    let (first, ops) = emit_with(doc, plan, &[]);
+    let mut writer = EditWriter::new(doc);
+    emit_additions(&mut writer, plan);
+    let claimed = plan.record();
+    let mut without_digests = writer.clone();
+    record::emit_record(&mut without_digests, &claimed, &[]);
+    let ops = without_digests.undo_ops().to_vec();
+    let first = without_digests.finish();
     let digests: Vec<Option<u64>> = match Document::parse(&first) {
         Ok(written) => ops.iter().map(|op| proof::digest_of(&written, op)).collect(),
         Err(err) => {
@@ -30,32 +36,29 @@ pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>) -> String {
             Vec::new()
         }
     };
-    emit_with(doc, plan, &digests).0
+    record::emit_record(&mut writer, &claimed, &digests);
+    writer.finish()
 }
 
-/// The definition with the plan's additions and their record, and the record's undo ops.
-fn emit_with(doc: &Document<'_>, plan: &Plan<'_>, digests: &[Option<u64>]) -> (String, Vec<UndoOp>) {
-    let mut writer = EditWriter::new(doc);
-    qemu_commandline::declare_namespace(&mut writer, plan);
-    cells::emit_memory(&mut writer, plan);
-    cells::emit_cells(&mut writer, plan);
-    host_binding::emit_memnodes(&mut writer, plan);
-    expander::emit_acpi_feature(&mut writer, plan);
+/// Writes the plan's additions (everything but the record) and flushes them.
+fn emit_additions(writer: &mut EditWriter<'_, '_>, plan: &Plan<'_>) {
+    qemu_commandline::declare_namespace(writer, plan);
+    cells::emit_memory(writer, plan);
+    cells::emit_cells(writer, plan);
+    host_binding::emit_memnodes(writer, plan);
+    expander::emit_acpi_feature(writer, plan);
     for target in &plan.targets {
-        expander::emit_expander(&mut writer, plan.devices, target);
-        generic_initiator::emit_alias(&mut writer, target);
+        expander::emit_expander(writer, plan.devices, target);
+        generic_initiator::emit_alias(writer, target);
         if plan.native_generic_initiator {
-            generic_initiator::emit_native(&mut writer, target);
+            generic_initiator::emit_native(writer, target);
         }
     }
-    let mut commandline_children = generic_initiator::objects(&writer, plan);
-    spm_marking::emit_adapter_instructions(&mut writer, plan, &mut commandline_children);
-    qemu_commandline::emit_commandline(&mut writer, plan, commandline_children);
-    spm_marking::emit_kernel_cmdline(&mut writer, plan);
+    let mut commandline_children = generic_initiator::objects(writer, plan);
+    spm_marking::emit_adapter_instructions(writer, plan, &mut commandline_children);
+    qemu_commandline::emit_commandline(writer, plan, commandline_children);
+    spm_marking::emit_kernel_cmdline(writer, plan);
     writer.flush_groups();
-    record::emit_record(&mut writer, &plan.record(), digests);
-    let ops = writer.undo_ops().to_vec();
-    (writer.finish(), ops)
 }
 
 #[cfg(test)]
