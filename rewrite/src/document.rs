@@ -654,20 +654,31 @@ impl Edits {
 /// Escapes text for an attribute value quoted with `quote`.
 pub fn escape_attr(value: &str, quote: char) -> String {
     let mut out = String::with_capacity(value.len());
-    for ch in value.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if quote == '"' => out.push_str("&quot;"),
-            '\'' if quote == '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' => out.push_str("&#9;"),
-            other => out.push(other),
-        }
-    }
+    push_escaped_attr(&mut out, value, quote);
     out
+}
+
+/// [`escape_attr`] written onto the end of `out`; runs without anything to escape are copied
+/// whole.
+pub fn push_escaped_attr(out: &mut String, value: &str, quote: char) {
+    let mut copied = 0;
+    for (offset, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' if quote == '"' => "&quot;",
+            b'\'' if quote == '\'' => "&apos;",
+            b'\n' => "&#10;",
+            b'\r' => "&#13;",
+            b'\t' => "&#9;",
+            _ => continue,
+        };
+        out.push_str(&value[copied..offset]);
+        out.push_str(escaped);
+        copied = offset + 1;
+    }
+    out.push_str(&value[copied..]);
 }
 
 /// Escapes element text.
