@@ -15,29 +15,50 @@ mod record;
 mod spm_marking;
 
 use crate::document::Document;
+use crate::metadata::UndoOp;
 use crate::plan::Plan;
 use crate::proof;
 
 use edit_writer::EditWriter;
 
 /// The definition with the plan's additions and their record (with a digest per addition).
-pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>) -> String {
+///
+/// `rewritten_before` is the definition this one was undone from (a rewrite of a rewrite). The
+/// digests are read from the additions as written, which the record's own digests do not
+/// change; so when the definition written with the digests `rewritten_before` has for the same
+/// undo entries is `rewritten_before` itself, those are the digests, and the written
+/// definition need not be read back (the usual re-rewrite, which gives back its input).
+pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>, rewritten_before: Option<&Document<'_>>) -> String {
     let mut writer = EditWriter::new(doc);
     emit_additions(&mut writer, plan);
     let claimed = plan.record();
     let mut without_digests = writer.clone();
     record::emit_record(&mut without_digests, &claimed, &[]);
     let ops = without_digests.undo_ops().to_vec();
-    let first = without_digests.finish();
-    let digests: Vec<Option<u64>> = match Document::parse(&first) {
+    if let Some(before) = rewritten_before {
+        let recorded: Vec<Option<u64>> = ops.iter().map(|op| proof::digest_of(before, op)).collect();
+        let mut with_recorded = writer.clone();
+        record::emit_record(&mut with_recorded, &claimed, &recorded);
+        let written = with_recorded.finish();
+        if written == before.src {
+            return written;
+        }
+    }
+    let digests = digests_read_back(&without_digests.finish(), &ops);
+    record::emit_record(&mut writer, &claimed, &digests);
+    writer.finish()
+}
+
+/// The digest of each of `ops` in `written` (the definition with a record without digests);
+/// none when it does not parse.
+fn digests_read_back(written: &str, ops: &[UndoOp]) -> Vec<Option<u64>> {
+    match Document::parse(written) {
         Ok(written) => ops.iter().map(|op| proof::digest_of(&written, op)).collect(),
         Err(err) => {
             tracing::warn!(error = %err, "the rewritten definition does not parse; record without digests");
             Vec::new()
         }
-    };
-    record::emit_record(&mut writer, &claimed, &digests);
-    writer.finish()
+    }
 }
 
 /// Writes the plan's additions (everything but the record) and flushes them.
