@@ -125,7 +125,7 @@ fn check_chars(src: &str) -> Result<(), RewriteError> {
 /// on except U+FFFE and U+FFFF; a `str` holds no surrogates), byte by byte: a C0 control other
 /// than tab, LF and CR, or U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`; `EF` only ever starts a
 /// character).
-fn first_non_xml_char(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_non_xml_char(bytes: &[u8]) -> Option<usize> {
     // One branch-free pass first (the compiler vectorises it): most documents hold neither.
     let suspect = bytes.iter().fold(false, |seen, byte| {
         seen | (*byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r')) | (*byte == 0xef)

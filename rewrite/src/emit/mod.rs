@@ -14,43 +14,55 @@ mod qemu_commandline;
 mod record;
 mod spm_marking;
 
-use crate::document::Document;
-use crate::metadata::UndoOp;
+use crate::document::{Document, first_non_xml_char};
+use crate::metadata::{ClaimedRegion, UndoOp};
 use crate::plan::Plan;
 use crate::proof;
 
 use edit_writer::EditWriter;
+use record::Body;
 
 /// The definition with the plan's additions and their record (with a digest per addition).
 ///
-/// `rewritten_before` is the definition this one was undone from (a rewrite of a rewrite). The
-/// digests are read from the additions as written, which the record's own digests do not
-/// change; so when the definition written with the digests `rewritten_before` has for the same
-/// undo entries is `rewritten_before` itself, those are the digests, and the written
-/// definition need not be read back (the usual re-rewrite, which gives back its input).
+/// A digest is read from the addition as written (see `proof.rs`); no undo entry names an
+/// element inside the record, so the additions are read back from the definition with an
+/// empty record, which parses exactly when the one with the full record does, unless the
+/// entries hold a character XML does not allow (then the record has no digests, as when the
+/// definition does not parse).
+///
+/// `rewritten_before` is the definition this one was undone from (a rewrite of a rewrite): when
+/// the definition written with the digests `rewritten_before` has for the same undo entries is
+/// `rewritten_before` itself, those are the digests, and nothing is read back (the usual
+/// re-rewrite, which gives back its input).
 pub(crate) fn emit(doc: &Document<'_>, plan: &Plan<'_>, rewritten_before: Option<&Document<'_>>) -> String {
     let mut writer = EditWriter::new(doc);
     emit_additions(&mut writer, plan);
     let claimed = plan.record();
-    let mut without_digests = writer.clone();
-    record::emit_record(&mut without_digests, &claimed, &[]);
-    let ops = without_digests.undo_ops().to_vec();
+    let mut with_empty_record = writer.clone();
+    record::emit_record(&mut with_empty_record, Body::Empty);
+    let ops = with_empty_record.undo_ops().to_vec();
     if let Some(before) = rewritten_before {
         let recorded: Vec<Option<u64>> = ops.iter().map(|op| proof::digest_of(before, op)).collect();
-        let mut with_recorded = writer.clone();
-        record::emit_record(&mut with_recorded, &claimed, &recorded);
-        let written = with_recorded.finish();
+        let written = with_record(writer.clone(), &claimed, &recorded);
         if written == before.src {
             return written;
         }
     }
-    let digests = digests_read_back(&without_digests.finish(), &ops);
-    record::emit_record(&mut writer, &claimed, &digests);
+    let digests = digests_read_back(&with_empty_record.finish(), &ops);
+    let written = with_record(writer.clone(), &claimed, &digests);
+    if digests.is_empty() || first_non_xml_char(written.as_bytes()).is_none() {
+        return written;
+    }
+    with_record(writer, &claimed, &[])
+}
+
+/// The definition with the full record, `digests` on its undo entries.
+fn with_record(mut writer: EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: &[Option<u64>]) -> String {
+    record::emit_record(&mut writer, Body::Entries { claimed, digests });
     writer.finish()
 }
 
-/// The digest of each of `ops` in `written` (the definition with a record without digests);
-/// none when it does not parse.
+/// The digest of each of `ops` in `written`; none when it does not parse.
 fn digests_read_back(written: &str, ops: &[UndoOp]) -> Vec<Option<u64>> {
     match Document::parse(written) {
         Ok(written) => ops.iter().map(|op| proof::digest_of(&written, op)).collect(),

@@ -106,3 +106,26 @@ fn a_re_rewrite_takes_the_recorded_digests_only_when_they_give_back_its_input() 
     assert_eq!(shortcut, first);
     assert_eq!(read_back, first);
 }
+
+#[test]
+fn a_record_with_a_character_xml_refuses_gets_no_digests() {
+    let xml = format!(
+        "<domain><memory unit='GiB'>2</memory><os><type machine='q35'>hvm</type></os><devices>{HOSTDEV}</devices></domain>"
+    );
+    let doc = Document::parse(&xml).unwrap();
+    let mut odd = region(GPU, 2, 1 << 30);
+    odd.id = "id\u{1}".into();
+    let options = RewriteOptions {
+        dialect: Dialect::None,
+        ..RewriteOptions::default()
+    };
+    let policy = Policy::resolve(&options, None);
+    let inventory = inventory_of(vec![odd]);
+    let planned = plan(&doc, &inventory, &policy, &options).unwrap().unwrap();
+    let out = emit(&doc, &planned, None);
+    assert!(out.contains("<hbm:region id='id\u{1}'"));
+    assert!(!out.contains(" digest='"));
+    let mut writer = EditWriter::new(&doc);
+    emit_additions(&mut writer, &planned);
+    assert_eq!(out, with_record(writer, &planned.record(), &[]));
+}
