@@ -247,14 +247,22 @@ fn read_gpu(doc: &Document<'_>, gpu: usize, known: &[GpuPolicy]) -> Result<GpuPo
 
 /// The `hbm:region`s and `hbm:undo`s of the `hbm:applied` record.
 fn read_applied(doc: &Document<'_>, ours: usize, applied: usize, meta: &mut HbmMetadata) -> Result<(), RewriteError> {
+    // Entries come in document order: each line is counted on from the one before.
+    let (mut counted_to, mut line) = (doc.elements[applied].start, doc.line(applied));
     for entry in doc.children(applied) {
         match local_name_in(doc, ours, entry) {
             Some("region") => meta.claimed.push(read_region(doc, entry)?),
             Some("undo") => {
                 meta.undo.push(read_undo(doc, entry)?);
+                let start = doc.elements[entry].start;
+                line += doc.src.as_bytes()[counted_to..start]
+                    .iter()
+                    .filter(|byte| **byte == b'\n')
+                    .count();
+                counted_to = start;
                 meta.entries.push(RecordEntry {
                     digest: parse_attr(doc, entry, "digest", parse_digest)?,
-                    line: doc.line(entry),
+                    line,
                     element: doc.name(entry).to_string(),
                 });
             }
@@ -489,6 +497,17 @@ mod tests {
         format!(
             "<domain><metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}'>{body}</hbm:passthrough></metadata></domain>"
         )
+    }
+
+    #[test]
+    fn record_entries_carry_their_own_lines() {
+        let xml = format!(
+            "<domain>\n<metadata>\n<hbm:passthrough xmlns:hbm='{NAMESPACE}'>\n<hbm:applied>\n<hbm:undo op='remove' at='cpu'/>\n\n<hbm:region id='r' gpu='0000:c1:00.0' size='1' cell='1'/>\n<hbm:undo op='remove' at='numatune'/><hbm:undo op='remove' at='features'/>\n</hbm:applied>\n</hbm:passthrough>\n</metadata>\n</domain>"
+        );
+        let doc = Document::parse(&xml).unwrap();
+        let (_, meta) = find(&doc).unwrap().unwrap();
+        let lines: Vec<usize> = meta.entries.iter().map(|entry| entry.line).collect();
+        assert_eq!(lines, [5, 8, 8]);
     }
 
     #[test]
