@@ -184,7 +184,7 @@ impl<'a> Indexer<'a> {
                 Ok(())
             }
             Event::Text(text) => {
-                if text.as_ref().contains("]]>") {
+                if text.as_bytes().contains(&b']') && text.as_ref().contains("]]>") {
                     return Err(malformed(self.src, before, "\"]]>\" in text (write ]]&gt;)"));
                 }
                 if self.stack.is_empty() && !text.as_ref().trim().is_empty() {
@@ -203,7 +203,10 @@ impl<'a> Indexer<'a> {
             Event::CData(_) if self.stack.is_empty() => {
                 Err(malformed(self.src, before, "CDATA outside the root element"))
             }
-            Event::Comment(comment) if comment.as_ref().contains("--") || comment.as_ref().ends_with('-') => {
+            Event::Comment(comment)
+                if comment.as_bytes().contains(&b'-')
+                    && (comment.as_ref().contains("--") || comment.as_ref().ends_with('-')) =>
+            {
                 Err(malformed(self.src, before, "\"--\" inside a comment"))
             }
             Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::Eof => Ok(()),
@@ -214,7 +217,7 @@ impl<'a> Indexer<'a> {
     fn markup_start(&self, before: usize, after: usize) -> usize {
         self.src
             .get(before..after)
-            .and_then(|text| text.find('<'))
+            .and_then(|text| text.as_bytes().iter().position(|byte| *byte == b'<'))
             .map_or(before, |offset| before + offset)
     }
 
@@ -365,11 +368,11 @@ fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(),
             Ok(attr) if !is_qualified_name(attr.key.as_ref()) => {
                 return Err(bad(format!("{:?} is not an attribute name", attr.key.as_ref())));
             }
-            Ok(attr) if attr.value.contains('<') => {
+            Ok(attr) if attr.value.as_bytes().contains(&b'<') => {
                 return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
             }
             Ok(attr) => {
-                if attr.value.contains('&')
+                if attr.value.as_bytes().contains(&b'&')
                     && let Err(err) = quick_xml::escape::unescape(&attr.value)
                 {
                     return Err(bad(format!("value of {}: {err} (write & as &amp;)", attr.key.as_ref())));
