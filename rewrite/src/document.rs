@@ -58,10 +58,42 @@ pub struct Document<'a> {
 /// `xmlns:hbm`): each part starts with a letter or `_` and goes on with letters, digits, `-`,
 /// `.`, `_` (non-ASCII letters allowed).
 fn is_qualified_name(name: &str) -> bool {
+    if let Some(simple) = ascii_qualified_name(name.as_bytes()) {
+        return simple;
+    }
     let mut parts = name.split(':');
     let first = parts.next().is_some_and(is_ncname);
     let second = parts.next().is_none_or(is_ncname);
     first && second && parts.next().is_none()
+}
+
+/// [`is_qualified_name`] for an all-ASCII name without `\u{b7}` (most names), byte by byte;
+/// `None` when the name holds a non-ASCII byte (the general rule decides).
+fn ascii_qualified_name(name: &[u8]) -> Option<bool> {
+    let mut colons = 0;
+    let mut part_start = true;
+    for byte in name {
+        if !byte.is_ascii() {
+            return None;
+        }
+        let fits = match byte {
+            b':' => {
+                colons += 1;
+                if part_start {
+                    return Some(false);
+                }
+                part_start = true;
+                continue;
+            }
+            _ if part_start => byte.is_ascii_alphabetic() || *byte == b'_',
+            _ => byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_'),
+        };
+        if !fits {
+            return Some(false);
+        }
+        part_start = false;
+    }
+    Some(!part_start && colons <= 1)
 }
 
 /// One part of a qualified name.
@@ -71,17 +103,12 @@ fn is_ncname(part: &str) -> bool {
         && chars.all(|rest| rest.is_alphanumeric() || matches!(rest, '-' | '.' | '_' | '\u{b7}') || !rest.is_ascii())
 }
 
-/// A character XML 1.0 allows in a document (`Char`): tab, LF, CR, and from U+0020 on except
-/// U+FFFE and U+FFFF (a `str` holds no surrogates).
-fn is_xml_char(ch: char) -> bool {
-    matches!(ch, '\t' | '\n' | '\r') || (ch >= ' ' && ch != '\u{fffe}' && ch != '\u{ffff}')
-}
-
 /// Refuses a character XML does not allow anywhere in the document (NUL, C0 controls).
 fn check_chars(src: &str) -> Result<(), RewriteError> {
-    let Some((offset, ch)) = src.char_indices().find(|(_, ch)| !is_xml_char(*ch)) else {
+    let Some(offset) = first_non_xml_char(src.as_bytes()) else {
         return Ok(());
     };
+    let ch = src[offset..].chars().next().unwrap_or('\0');
     let line_start = src[..offset].rfind('\n').map_or(0, |newline| newline + 1);
     let column = src[line_start..offset].chars().count() + 1;
     Err(malformed(
@@ -92,6 +119,26 @@ fn check_chars(src: &str) -> Result<(), RewriteError> {
             u32::from(ch)
         ),
     ))
+}
+
+/// Offset of the first character XML 1.0 does not allow (`Char`: tab, LF, CR, and from U+0020
+/// on except U+FFFE and U+FFFF; a `str` holds no surrogates), byte by byte: a C0 control other
+/// than tab, LF and CR, or U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`; `EF` only ever starts a
+/// character).
+pub(crate) fn first_non_xml_char(bytes: &[u8]) -> Option<usize> {
+    // One branch-free pass first (the compiler vectorises it): most documents hold neither.
+    let suspect = bytes.iter().fold(false, |seen, byte| {
+        seen | (*byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r')) | (*byte == 0xef)
+    });
+    if !suspect {
+        return None;
+    }
+    bytes.iter().enumerate().position(|(offset, byte)| match byte {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 => true,
+        0xef => matches!(bytes.get(offset + 1..offset + 3), Some([0xbf, 0xbe | 0xbf])),
+        _ => false,
+    })
 }
 
 /// XML's white space: space, tab, CR, LF (not form feed or other control characters).
@@ -137,7 +184,7 @@ impl<'a> Indexer<'a> {
                 Ok(())
             }
             Event::Text(text) => {
-                if text.as_ref().contains("]]>") {
+                if text.as_bytes().contains(&b']') && text.as_ref().contains("]]>") {
                     return Err(malformed(self.src, before, "\"]]>\" in text (write ]]&gt;)"));
                 }
                 if self.stack.is_empty() && !text.as_ref().trim().is_empty() {
@@ -156,7 +203,10 @@ impl<'a> Indexer<'a> {
             Event::CData(_) if self.stack.is_empty() => {
                 Err(malformed(self.src, before, "CDATA outside the root element"))
             }
-            Event::Comment(comment) if comment.as_ref().contains("--") || comment.as_ref().ends_with('-') => {
+            Event::Comment(comment)
+                if comment.as_bytes().contains(&b'-')
+                    && (comment.as_ref().contains("--") || comment.as_ref().ends_with('-')) =>
+            {
                 Err(malformed(self.src, before, "\"--\" inside a comment"))
             }
             Event::CData(_) | Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::Eof => Ok(()),
@@ -167,7 +217,7 @@ impl<'a> Indexer<'a> {
     fn markup_start(&self, before: usize, after: usize) -> usize {
         self.src
             .get(before..after)
-            .and_then(|text| text.find('<'))
+            .and_then(|text| text.as_bytes().iter().position(|byte| *byte == b'<'))
             .map_or(before, |offset| before + offset)
     }
 
@@ -180,8 +230,9 @@ impl<'a> Indexer<'a> {
         self_closing: bool,
     ) -> Result<(), RewriteError> {
         let start = self.markup_start(before, after);
-        let name = tag.name().as_ref().to_string();
-        if !is_qualified_name(&name) {
+        let name = tag.name();
+        let name = name.as_ref();
+        if !is_qualified_name(name) {
             return Err(malformed(self.src, start, format!("{name:?} is not an XML name")));
         }
         check_attributes(self.src, tag, start)?;
@@ -279,26 +330,25 @@ fn offset_in(base: usize, position: u64) -> usize {
 /// `/` or `>`.
 fn check_attribute_separation(src: &str, start: usize, end: usize) -> Result<(), RewriteError> {
     let tag = src.as_bytes().get(start..end).unwrap_or_default();
-    let mut quote: Option<u8> = None;
-    for (position, byte) in tag.iter().enumerate() {
-        match quote {
-            Some(open) if *byte == open => {
-                quote = None;
-                let next = tag.get(position + 1).copied().unwrap_or(b'>');
-                if !is_xml_space(next) && next != b'/' && next != b'>' {
-                    let rest = &src[start + position + 1..end];
-                    let name = rest.split(['=', '/', '>']).next().unwrap_or(rest);
-                    return Err(malformed(
-                        src,
-                        start,
-                        format!("no white space before {name} (attributes are separated by white space)"),
-                    ));
-                }
-            }
-            Some(_) => {}
-            None if matches!(byte, b'\'' | b'"') => quote = Some(*byte),
-            None => {}
+    let mut pos = 0;
+    while let Some(open) = tag[pos..].iter().position(|byte| matches!(byte, b'\'' | b'"')) {
+        let open = pos + open;
+        let quote = tag[open];
+        let Some(close) = tag[open + 1..].iter().position(|byte| *byte == quote) else {
+            break;
+        };
+        let close = open + 1 + close;
+        let next = tag.get(close + 1).copied().unwrap_or(b'>');
+        if !is_xml_space(next) && next != b'/' && next != b'>' {
+            let rest = &src[start + close + 1..end];
+            let name = rest.split(['=', '/', '>']).next().unwrap_or(rest);
+            return Err(malformed(
+                src,
+                start,
+                format!("no white space before {name} (attributes are separated by white space)"),
+            ));
         }
+        pos = close + 1;
     }
     Ok(())
 }
@@ -318,11 +368,13 @@ fn check_attributes(src: &str, tag: &BytesStart<'_>, start: usize) -> Result<(),
             Ok(attr) if !is_qualified_name(attr.key.as_ref()) => {
                 return Err(bad(format!("{:?} is not an attribute name", attr.key.as_ref())));
             }
-            Ok(attr) if attr.value.contains('<') => {
+            Ok(attr) if attr.value.as_bytes().contains(&b'<') => {
                 return Err(bad(format!("'<' in the value of {}", attr.key.as_ref())));
             }
             Ok(attr) => {
-                if let Err(err) = quick_xml::escape::unescape(&attr.value) {
+                if attr.value.as_bytes().contains(&b'&')
+                    && let Err(err) = quick_xml::escape::unescape(&attr.value)
+                {
                     return Err(bad(format!("value of {}: {err} (write & as &amp;)", attr.key.as_ref())));
                 }
             }
@@ -404,58 +456,28 @@ impl<'a> Document<'a> {
 
     /// Attributes of the start tag, in document order.
     pub fn attrs(&self, idx: usize) -> Vec<Attr<'a>> {
+        self.attr_iter(idx).collect()
+    }
+
+    /// Attributes of the start tag, in document order, read as they are asked for.
+    pub fn attr_iter(&self, idx: usize) -> impl Iterator<Item = Attr<'a>> + use<'a> {
         let element = &self.elements[idx];
         let src = self.src;
-        let bytes = src.as_bytes();
-        let mut out = Vec::new();
-        let mut pos = element.name.1;
         let end = if element.self_closing {
             element.tag_end.saturating_sub(2)
         } else {
             element.tag_end.saturating_sub(1)
         };
-        loop {
-            while pos < end && is_xml_space(bytes[pos]) {
-                pos += 1;
-            }
-            if pos >= end {
-                break;
-            }
-            let name_start = pos;
-            while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
-                pos += 1;
-            }
-            let name_end = pos;
-            while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
-                pos += 1;
-            }
-            if pos >= end {
-                break;
-            }
-            let quote = bytes[pos];
-            if quote != b'"' && quote != b'\'' {
-                break;
-            }
-            let value_start = pos + 1;
-            let Some(len) = src[value_start..end].find(quote as char) else {
-                break;
-            };
-            let value_end = value_start + len;
-            out.push(Attr {
-                name: &src[name_start..name_end],
-                raw: &src[value_start..value_end],
-                name_start,
-                end: value_end + 1,
-                value: (value_start, value_end),
-            });
-            pos = value_end + 1;
-        }
-        out
+        let mut pos = element.name.1;
+        std::iter::from_fn(move || {
+            let attr = next_attr(src, pos, end)?;
+            pos = attr.end;
+            Some(attr)
+        })
     }
 
     pub fn attr(&self, idx: usize, name: &str) -> Option<Cow<'a, str>> {
-        self.attrs(idx)
-            .into_iter()
+        self.attr_iter(idx)
             .find(|attr| attr.name == name)
             .map(|attr| quick_xml::escape::unescape(attr.raw).unwrap_or(Cow::Borrowed(attr.raw)))
     }
@@ -535,6 +557,41 @@ impl<'a> Document<'a> {
     }
 }
 
+/// The attribute starting at or after `pos` in a start tag ending at `end`.
+fn next_attr(src: &str, mut pos: usize, end: usize) -> Option<Attr<'_>> {
+    let bytes = src.as_bytes();
+    while pos < end && is_xml_space(bytes[pos]) {
+        pos += 1;
+    }
+    if pos >= end {
+        return None;
+    }
+    let name_start = pos;
+    while pos < end && bytes[pos] != b'=' && !is_xml_space(bytes[pos]) {
+        pos += 1;
+    }
+    let name_end = pos;
+    while pos < end && (is_xml_space(bytes[pos]) || bytes[pos] == b'=') {
+        pos += 1;
+    }
+    if pos >= end {
+        return None;
+    }
+    let quote = bytes[pos];
+    if quote != b'"' && quote != b'\'' {
+        return None;
+    }
+    let value_start = pos + 1;
+    let value_end = value_start + bytes[value_start..end].iter().position(|byte| *byte == quote)?;
+    Some(Attr {
+        name: &src[name_start..name_end],
+        raw: &src[value_start..value_end],
+        name_start,
+        end: value_end + 1,
+        value: (value_start, value_end),
+    })
+}
+
 fn strip_comments(s: &str) -> Cow<'_, str> {
     if !s.contains("<!--") {
         return Cow::Borrowed(s);
@@ -555,7 +612,7 @@ fn strip_comments(s: &str) -> Cow<'_, str> {
 }
 
 /// Replacements of byte ranges of the source; applied in one pass.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Edits {
     /// (start, end, replacement, sequence) - sequence keeps insertion order at equal offsets.
     items: Vec<(usize, usize, String, usize)>,
@@ -606,20 +663,31 @@ impl Edits {
 /// Escapes text for an attribute value quoted with `quote`.
 pub fn escape_attr(value: &str, quote: char) -> String {
     let mut out = String::with_capacity(value.len());
-    for ch in value.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if quote == '"' => out.push_str("&quot;"),
-            '\'' if quote == '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' => out.push_str("&#9;"),
-            other => out.push(other),
-        }
-    }
+    push_escaped_attr(&mut out, value, quote);
     out
+}
+
+/// [`escape_attr`] written onto the end of `out`; runs without anything to escape are copied
+/// whole.
+pub fn push_escaped_attr(out: &mut String, value: &str, quote: char) {
+    let mut copied = 0;
+    for (offset, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' if quote == '"' => "&quot;",
+            b'\'' if quote == '\'' => "&apos;",
+            b'\n' => "&#10;",
+            b'\r' => "&#13;",
+            b'\t' => "&#9;",
+            _ => continue,
+        };
+        out.push_str(&value[copied..offset]);
+        out.push_str(escaped);
+        copied = offset + 1;
+    }
+    out.push_str(&value[copied..]);
 }
 
 /// Escapes element text.
@@ -741,12 +809,20 @@ mod tests {
         assert!(reason("<a><name x=\"&foo;\"/></a>").contains("bad attribute"));
         assert!(reason("<a><c i=' 1'm='x'/></a>").contains("no white space before m"));
         assert!(reason("<a i='1'm='x'></a>").contains("no white space before m"));
+        assert!(reason("<a i=\"'\"m='x'></a>").contains("no white space before m"));
+        assert!(reason("<a>\u{e9}\u{fffe}</a>").contains("character U+FFFE at column 5"));
+        assert!(reason("<a b='\u{ffff}'/>").contains("character U+FFFF"));
+        assert!(reason("<a><b:/></a>").contains("\"b:\" is not an XML name"));
+        assert!(reason("<a><:b/></a>").contains("\":b\" is not an XML name"));
+        assert!(reason("<a><\u{e9}:1/></a>").contains("is not an XML name"));
         // Still accepted: what XML allows.
         for good in [
             "<a>\t\r\n\u{e9}\u{10000}</a>",
             "<a><![CDATA[ x ]] > ]]></a>",
             "<a><!-- a - b --></a>",
             "<a:b xmlns:a='u' x='&amp;&#10;'><_c.d-e/></a:b>",
+            "<a i=\"'\" j='\"'>\u{efbf}\u{fffd}\u{eeff}</a>",
+            "<\u{e9}t\u{e9}:x\u{b7}y \u{e9}='1'/>",
         ] {
             assert!(Document::parse(good).is_ok(), "{good:?}");
         }

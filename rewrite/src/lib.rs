@@ -243,7 +243,7 @@ pub fn rewrite(xml: &str, inventory: &Inventory, options: &RewriteOptions) -> Re
     let policy = plan::select::Policy::resolve(options, meta.as_ref());
     match plan::plan(base, inventory, &policy, options)? {
         Some(plan) => {
-            let out = emit::emit(base, &plan);
+            let out = emit::emit(base, &plan, undone.is_some().then_some(&doc));
             let lines = plan.summary();
             if undone.is_some() && out == xml {
                 summary.clear();

@@ -15,9 +15,11 @@
 //! </metadata>
 //! ```
 
+use std::borrow::Cow;
+
 use topology::PciAddress;
 
-use super::document::{Document, escape_attr};
+use super::document::{Document, push_escaped_attr};
 use super::size::parse_size;
 use super::{Dialect, PolicyMode, RewriteError};
 
@@ -245,14 +247,22 @@ fn read_gpu(doc: &Document<'_>, gpu: usize, known: &[GpuPolicy]) -> Result<GpuPo
 
 /// The `hbm:region`s and `hbm:undo`s of the `hbm:applied` record.
 fn read_applied(doc: &Document<'_>, ours: usize, applied: usize, meta: &mut HbmMetadata) -> Result<(), RewriteError> {
+    // Entries come in document order: each line is counted on from the one before.
+    let (mut counted_to, mut line) = (doc.elements[applied].start, doc.line(applied));
     for entry in doc.children(applied) {
         match local_name_in(doc, ours, entry) {
             Some("region") => meta.claimed.push(read_region(doc, entry)?),
             Some("undo") => {
                 meta.undo.push(read_undo(doc, entry)?);
+                let start = doc.elements[entry].start;
+                line += doc.src.as_bytes()[counted_to..start]
+                    .iter()
+                    .filter(|byte| **byte == b'\n')
+                    .count();
+                counted_to = start;
                 meta.entries.push(RecordEntry {
                     digest: parse_attr(doc, entry, "digest", parse_digest)?,
-                    line: doc.line(entry),
+                    line,
                     element: doc.name(entry).to_string(),
                 });
             }
@@ -357,47 +367,59 @@ pub(crate) fn render_applied(
     } else {
         format!("{prefix}:")
     };
-    let mut out = format!("<{qualifier}applied>");
+    let mut out = String::with_capacity(256 + 160 * (claimed.len() + undo.len()));
+    out.push('<');
+    out.push_str(&qualifier);
+    out.push_str("applied>");
     for region in claimed {
-        out.push_str(&format!("\n  <{qualifier}region{}/>", region_attrs(region, quote)));
+        push_entry(&mut out, &qualifier, "region", &region_attrs(region), quote);
     }
     for (position, op) in undo.iter().enumerate() {
         let digest = digests.get(position).copied().flatten();
-        out.push_str(&format!("\n  <{qualifier}undo{}/>", undo_attrs(op, digest, quote)));
+        push_entry(&mut out, &qualifier, "undo", &undo_attrs(op, digest), quote);
     }
-    out.push_str(&format!("\n</{qualifier}applied>"));
+    out.push_str("\n</");
+    out.push_str(&qualifier);
+    out.push_str("applied>");
     out
 }
 
-/// ` name='value'` for each pair, escaped for `quote`.
-fn attrs_text(pairs: &[(&str, &str)], quote: char) -> String {
-    pairs
-        .iter()
-        .map(|(name, value)| format!(" {name}={quote}{}{quote}", escape_attr(value, quote)))
-        .collect()
+/// `\n  <{qualifier}{name} name='value'.../>` onto the end of `out`, values escaped for `quote`.
+fn push_entry(out: &mut String, qualifier: &str, name: &str, pairs: &[(&str, Cow<'_, str>)], quote: char) {
+    out.push_str("\n  <");
+    out.push_str(qualifier);
+    out.push_str(name);
+    for (attr_name, value) in pairs {
+        out.push(' ');
+        out.push_str(attr_name);
+        out.push('=');
+        out.push(quote);
+        push_escaped_attr(out, value, quote);
+        out.push(quote);
+    }
+    out.push_str("/>");
 }
 
 /// The attributes of one `region` entry.
-fn region_attrs(region: &ClaimedRegion, quote: char) -> String {
-    let gpu = region.gpu.to_string();
-    let host_node = region.host_node.map(|node| node.to_string());
-    let size = region.size_bytes.to_string();
-    let cell = region.guest_cell.to_string();
-    let mut pairs = vec![("id", region.id.as_str()), ("gpu", gpu.as_str())];
-    if let Some(node) = &host_node {
-        pairs.push(("host-node", node));
+fn region_attrs(region: &ClaimedRegion) -> Vec<(&'static str, Cow<'_, str>)> {
+    let mut pairs = vec![
+        ("id", Cow::Borrowed(region.id.as_str())),
+        ("gpu", Cow::Owned(region.gpu.to_string())),
+    ];
+    if let Some(node) = region.host_node {
+        pairs.push(("host-node", Cow::Owned(node.to_string())));
     }
     if let Some(dax) = &region.dax {
-        pairs.push(("dax", dax));
+        pairs.push(("dax", Cow::Borrowed(dax.as_str())));
     }
-    pairs.extend([("size", size.as_str()), ("cell", cell.as_str())]);
-    attrs_text(&pairs, quote)
+    pairs.push(("size", Cow::Owned(region.size_bytes.to_string())));
+    pairs.push(("cell", Cow::Owned(region.guest_cell.to_string())));
+    pairs
 }
 
 /// The attributes of one `undo` entry.
-fn undo_attrs(op: &UndoOp, digest: Option<u64>, quote: char) -> String {
-    let digest = digest.map(|digest| format!("{digest:016x}"));
-    let pairs: Vec<(&str, &str)> = match op {
+fn undo_attrs(op: &UndoOp, digest: Option<u64>) -> Vec<(&'static str, Cow<'_, str>)> {
+    let borrowed: Vec<(&'static str, &str)> = match op {
         UndoOp::Remove { at, previous } => {
             let mut pairs = vec![("op", "remove"), ("at", at.as_str())];
             pairs.extend(previous.as_deref().map(|previous| ("previous", previous)));
@@ -408,9 +430,12 @@ fn undo_attrs(op: &UndoOp, digest: Option<u64>, quote: char) -> String {
         UndoOp::Collapse { at, tail } => vec![("op", "collapse"), ("at", at), ("tail", tail)],
         UndoOp::StripText { at, text } => vec![("op", "strip-text"), ("at", at), ("text", text)],
     };
-    let mut pairs = pairs;
-    pairs.extend(digest.as_deref().map(|digest| ("digest", digest)));
-    attrs_text(&pairs, quote)
+    let mut pairs: Vec<(&'static str, Cow<'_, str>)> = borrowed
+        .into_iter()
+        .map(|(name, value)| (name, Cow::Borrowed(value)))
+        .collect();
+    pairs.extend(digest.map(|digest| ("digest", Cow::Owned(format!("{digest:016x}")))));
+    pairs
 }
 
 #[cfg(test)]
@@ -472,6 +497,17 @@ mod tests {
         format!(
             "<domain><metadata><hbm:passthrough xmlns:hbm='{NAMESPACE}'>{body}</hbm:passthrough></metadata></domain>"
         )
+    }
+
+    #[test]
+    fn record_entries_carry_their_own_lines() {
+        let xml = format!(
+            "<domain>\n<metadata>\n<hbm:passthrough xmlns:hbm='{NAMESPACE}'>\n<hbm:applied>\n<hbm:undo op='remove' at='cpu'/>\n\n<hbm:region id='r' gpu='0000:c1:00.0' size='1' cell='1'/>\n<hbm:undo op='remove' at='numatune'/><hbm:undo op='remove' at='features'/>\n</hbm:applied>\n</hbm:passthrough>\n</metadata>\n</domain>"
+        );
+        let doc = Document::parse(&xml).unwrap();
+        let (_, meta) = find(&doc).unwrap().unwrap();
+        let lines: Vec<usize> = meta.entries.iter().map(|entry| entry.line).collect();
+        assert_eq!(lines, [5, 8, 8]);
     }
 
     #[test]

@@ -67,14 +67,23 @@ const CHANGED: &[&str] = &[
     "env",
 ];
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bits.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+    fnv1a_on(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a of `hash`'s input followed by `bytes` (hashing pieces in turn hashes their
+/// concatenation).
+fn fnv1a_on(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
 /// The canonical form of element `idx`'s start tag: name, then `\n name=value` per attribute.
+#[cfg(test)]
 fn start_tag_form(doc: &Document<'_>, idx: usize) -> String {
     let mut form = doc.name(idx).to_string();
     for attr in doc.attrs(idx) {
@@ -83,16 +92,25 @@ fn start_tag_form(doc: &Document<'_>, idx: usize) -> String {
     form
 }
 
+/// FNV-1a of the canonical form of element `idx`'s start tag, hashed piece by piece.
+fn start_tag_digest(doc: &Document<'_>, idx: usize) -> u64 {
+    doc.attr_iter(idx).fold(fnv1a(doc.name(idx).as_bytes()), |hash, attr| {
+        let hash = fnv1a_on(hash, b"\n");
+        let hash = fnv1a_on(hash, attr.name.as_bytes());
+        let hash = fnv1a_on(hash, b"=");
+        fnv1a_on(hash, attr.value().as_bytes())
+    })
+}
+
 /// The digest a record entry carries for `op` in `doc`: `None` for ops without one, or when the
 /// element or attribute is not there.
 pub(crate) fn digest_of(doc: &Document<'_>, op: &UndoOp) -> Option<u64> {
     match op {
-        UndoOp::Remove { at, .. } => resolve(doc, at, true).map(|idx| fnv1a(start_tag_form(doc, idx).as_bytes())),
-        UndoOp::RemoveRootAttr { name } => doc
-            .attrs(doc.root)
-            .into_iter()
-            .find(|attr| attr.name == name)
-            .map(|attr| fnv1a(format!("{}={}", attr.name, attr.value()).as_bytes())),
+        UndoOp::Remove { at, .. } => resolve(doc, at, true).map(|idx| start_tag_digest(doc, idx)),
+        UndoOp::RemoveRootAttr { name } => doc.attr_iter(doc.root).find(|attr| attr.name == name).map(|attr| {
+            let hash = fnv1a_on(fnv1a(attr.name.as_bytes()), b"=");
+            fnv1a_on(hash, attr.value().as_bytes())
+        }),
         _ => None,
     }
 }
@@ -261,6 +279,10 @@ mod tests {
         assert_eq!(digest_of(&one, &op), digest_of(&two, &op));
         assert_ne!(digest_of(&one, &op), digest_of(&three, &op));
         assert_eq!(start_tag_form(&one, 1), "c\na=1\nb=&");
+        assert_eq!(start_tag_digest(&one, 1), fnv1a(b"c\na=1\nb=&"));
+        let root_attr = Document::parse("<d xmlns:q='u&amp;v'/>").unwrap();
+        let op = UndoOp::RemoveRootAttr { name: "xmlns:q".into() };
+        assert_eq!(digest_of(&root_attr, &op), Some(fnv1a(b"xmlns:q=u&v")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::document::{Document, Edits, escape_attr};
 use crate::metadata::UndoOp;
 
 /// Elements appended to one parent, written together when the groups are flushed.
+#[derive(Clone)]
 struct AppendGroup {
     parent: usize,
     parent_path: String,
@@ -15,6 +16,7 @@ struct AppendGroup {
 
 /// Collects edits and their undo ops. Changes of existing elements record their undo op at
 /// once; appended elements record theirs when the groups are flushed, group by group.
+#[derive(Clone)]
 pub(crate) struct EditWriter<'d, 'a> {
     pub doc: &'d Document<'a>,
     edits: Edits,

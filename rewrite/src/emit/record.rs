@@ -6,9 +6,22 @@ use crate::metadata::{self, ClaimedRegion, NAMESPACE, UndoOp, render_applied};
 
 use super::edit_writer::EditWriter;
 
+/// What the record holds.
+#[derive(Clone, Copy)]
+pub(super) enum Body<'r> {
+    /// The claimed regions and the undo entries; `digests` go on the undo entries, in order
+    /// (see `proof.rs`).
+    Entries {
+        claimed: &'r [ClaimedRegion],
+        digests: &'r [Option<u64>],
+    },
+    /// An `applied` element without entries: the definition around it and the undo ops
+    /// recorded are those of the full record.
+    Empty,
+}
+
 /// Writes the record; the writer's changes must all be flushed before.
-/// `digests` go on the undo entries, in order (see `proof.rs`).
-pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: &[Option<u64>]) {
+pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, body: Body<'_>) {
     let doc = writer.doc;
     let root = doc.root;
     match (doc.child(root, "metadata"), metadata::element(doc)) {
@@ -22,7 +35,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 let op = writer.collapse_op(ours, "metadata/{hbm}");
                 writer.record(op);
             }
-            let applied = render_applied(&prefix, claimed, writer.undo_ops(), digests, writer.quote);
+            let applied = applied(writer, &prefix, body);
             // Not recorded as a remove op: the record is always removed with itself.
             let xml = applied
                 .replace("\n  ", &format!("\n{}", writer.indent_unit))
@@ -38,7 +51,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 at: "metadata/{hbm}".into(),
                 previous: None,
             });
-            let xml = our_element(writer, claimed, digests);
+            let xml = our_element(writer, body);
             writer.append(metadata, "metadata", xml, String::new());
         }
         (None, None) => {
@@ -46,7 +59,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
                 at: "metadata".into(),
                 previous: None,
             });
-            let inner = our_element(writer, claimed, digests);
+            let inner = our_element(writer, body);
             let unit = &writer.indent_unit;
             let xml = format!(
                 "<metadata>\n{unit}{}\n</metadata>",
@@ -64,9 +77,9 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, claimed: &[ClaimedReg
 }
 
 /// `<hbm:passthrough xmlns:hbm=..>` holding the record.
-fn our_element(writer: &EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: &[Option<u64>]) -> String {
+fn our_element(writer: &EditWriter<'_, '_>, body: Body<'_>) -> String {
     let unit = &writer.indent_unit;
-    let applied = render_applied("hbm", claimed, writer.undo_ops(), digests, writer.quote);
+    let applied = applied(writer, "hbm", body);
     let applied = applied.replace("\n  ", &format!("\n{unit}"));
     let body = format!(
         "<hbm:{}{}>\n{unit}{}\n</hbm:{}>",
@@ -79,5 +92,13 @@ fn our_element(writer: &EditWriter<'_, '_>, claimed: &[ClaimedRegion], digests: 
         body.replace('\n', "")
     } else {
         body
+    }
+}
+
+/// The `applied` element (one entry a line) with the undo ops recorded so far.
+fn applied(writer: &EditWriter<'_, '_>, prefix: &str, body: Body<'_>) -> String {
+    match body {
+        Body::Entries { claimed, digests } => render_applied(prefix, claimed, writer.undo_ops(), digests, writer.quote),
+        Body::Empty => render_applied(prefix, &[], &[], &[], writer.quote),
     }
 }
