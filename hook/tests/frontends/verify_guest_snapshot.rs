@@ -2,6 +2,7 @@
 //! emulated-spm-host-1gpu.tar.gz`: a QEMU guest with a 512 MiB soft-reserved HBM node, a Generic
 //! Initiator and a virtio-gpu stand-in behind a pcie-expander-bus naming that node), and on a
 //! guest without GPU.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
