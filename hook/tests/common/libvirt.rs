@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub const URI: &str = "qemu:///system";
@@ -465,6 +465,22 @@ impl Drop for Domain {
         let _ = virsh(&["undefine", &self.name]);
         let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{}.log", self.name));
     }
+}
+
+/// libvirtd is shared by the tests of this binary, and the libvirt-hook test installs the
+/// project's `qemu.d` hook into it for a while: any domain with an HBM record started then would
+/// be judged against that test's fixture host. Domains of other tests start under a read guard,
+/// the hook test holds the write guard while its hook is installed.
+static HOOK_INSTALLED: RwLock<()> = RwLock::new(());
+
+/// Held while starting and running a domain that the installed hook must not see.
+pub fn without_installed_hook() -> RwLockReadGuard<'static, ()> {
+    HOOK_INSTALLED.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held by the libvirt-hook test while its hook is installed.
+pub fn with_installed_hook() -> RwLockWriteGuard<'static, ()> {
+    HOOK_INSTALLED.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads a serial console log written by `<serial type='file'>`.

@@ -45,6 +45,7 @@ fn domain_xml(name: &str, dir: &Path, adapter: &Path, qemu_env: &[(&str, String)
 /// Defines and starts `xml`, waits for the guest to power off, returns libvirt's QEMU log and the
 /// guest's report (the domain is undefined when the returned guard drops).
 fn boot(xml: &str, console: &Path) -> (Domain, String, GuestReport) {
+    let _no_hook = crate::common::libvirt::without_installed_hook();
     let domain = Domain::define(xml).unwrap();
     domain
         .start()
@@ -200,7 +201,10 @@ fn libvirt_shows_the_adapters_refusal_of_a_dialect_the_qemu_lacks() {
         &[("HBM_QEMU_INSTRUCTIONS", wire)],
     ))
     .unwrap();
-    let err = domain.start().unwrap_err();
+    let err = {
+        let _no_hook = crate::common::libvirt::without_installed_hook();
+        domain.start().unwrap_err()
+    };
     assert!(
         err.contains(
             "hbm-qemu: cell 1: the domain asks for the memmap-type SPM dialect but /usr/bin/qemu-system-x86_64 (QEMU 10."

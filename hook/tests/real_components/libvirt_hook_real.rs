@@ -175,6 +175,7 @@ fn start_claiming(d: &Domain, claims: &Path) {
 fn two_domains_one_region_under_real_libvirtd() {
     require_libvirt();
     kit();
+    let _hook_installed = crate::common::libvirt::with_installed_hook();
     let host = write_host();
     let inv = inventory(host.path());
     let run = tempfile::tempdir().unwrap();
