@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod domain_spec;
 pub mod domain_xml;
 pub mod guest;
 pub mod hbm_chain;
