@@ -9,6 +9,7 @@ pub mod guest;
 pub mod hbm_chain;
 pub mod inventory;
 pub mod kubevirt;
+pub mod kubevirt_round_trip;
 pub mod libvirt;
 pub mod libvirt_hook;
 pub mod qemu;
