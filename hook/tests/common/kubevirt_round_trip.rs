@@ -223,7 +223,9 @@ pub fn cmdline_of(xml: &str) -> String {
 /// The model's view of `xml` edited for a real libvirt on this machine: every `<numatune>`
 /// nodeset names host node 0 (the fixture's HBM nodes do not exist here), PCI hostdevs get
 /// `<driver name='vfio'/>` (libvirt refuses to build an argv without it), and KubeVirt's
-/// placeholder `<controller type='raw'>` (rejected by libvirt 9.0) is removed.
+/// placeholder `<controller type='raw'>` (rejected by libvirt 9.0) and disks other than files
+/// (the model lists only a file disk's attributes, so a network disk comes out incomplete) are
+/// removed.
 pub fn for_this_machine(projected: &str) -> String {
     let mut root: Node = unmarshal(projected).unwrap_or_else(|e| panic!("{e}"));
     for path in [["numatune", "memnode"], ["numatune", "memory"]] {
@@ -245,9 +247,11 @@ pub fn for_this_machine(projected: &str) -> String {
         hostdev.for_each_mut(&["driver"], &mut |d| d.set_attr("name", "vfio"));
     });
     root.for_each_mut(&["devices"], &mut |devices| {
-        devices
-            .children
-            .retain(|c| !(c.name == "controller" && c.attr("type") == Some("raw")));
+        devices.children.retain(|c| {
+            let raw_controller = c.name == "controller" && c.attr("type") == Some("raw");
+            let not_a_file_disk = c.name == "disk" && c.attr("type") != Some("file");
+            !raw_controller && !not_a_file_disk
+        });
     });
     super::domain_spec::marshal(&root)
 }
