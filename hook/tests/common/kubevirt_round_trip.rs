@@ -66,22 +66,24 @@ pub fn fixture_host(kind: HostKind, hbm_bytes: u64) -> FixtureHost {
         HostKind::SpmOnline => (true, true),
         HostKind::Normal => (false, true),
     };
-    let mut host = FixtureHost::new()
-        .cpu_node(0, "0-15", 64 * GIB)
-        .hbm_node(1, hbm_bytes, spm, online)
-        .hbm_node(2, hbm_bytes, spm, online)
-        .generic_initiator(1)
-        .generic_initiator(2)
-        .distance(0, 1, 20)
-        .distance(0, 2, 20)
-        .distance(1, 2, 30)
-        .gpu(GPU_81, 0x1002, 0x74a1, Some("vfio-pci"), Some(12), Some(1))
-        .gpu(GPU_41, 0x1002, 0x74a1, Some("vfio-pci"), Some(13), Some(2));
-    if spm {
-        let kmem = kind == HostKind::SpmOnline;
+    let mut host = FixtureHost::new().cpu_node(0, "0-15", 64 * GIB).distance(1, 2, 30);
+    for (group, gpu) in (12..).zip(CORPUS_GPUS) {
         host = host
-            .dax(DaxDevice::hmem("dax0.0", 1, hbm_bytes).kmem(kmem))
-            .dax(DaxDevice::hmem("dax1.0", 2, hbm_bytes).kmem(kmem));
+            .hbm_node(gpu.host_node, hbm_bytes, spm, online)
+            .generic_initiator(gpu.host_node)
+            .distance(0, gpu.host_node, 20)
+            .gpu(
+                gpu.host,
+                0x1002,
+                0x74a1,
+                Some("vfio-pci"),
+                Some(group),
+                Some(gpu.host_node),
+            );
+        if spm {
+            let dax = DaxDevice::hmem(gpu.dax, gpu.host_node, hbm_bytes).kmem(kind == HostKind::SpmOnline);
+            host = host.dax(dax);
+        }
     }
     host.with_generated_srat()
 }

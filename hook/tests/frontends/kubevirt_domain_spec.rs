@@ -38,11 +38,7 @@ const CHAIN: &str = r#"<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas
     <hbm:passthrough xmlns:hbm='https://hbm-passthrough.dev/xmlns/domain/1' mode='auto'><hbm:applied/></hbm:passthrough>
   </metadata>
   <on_reboot>destroy</on_reboot>
-  <qemu:commandline>
-    <qemu:arg value='-object'/>
-    <qemu:arg value='acpi-generic-initiator,id=gi0,pci-dev=ua-hostdevice-gpu1,node=1'/>
-    <qemu:env name='X' value='1'/>
-  </qemu:commandline>
+  <qemu:commandline><qemu:arg value='-object'/><qemu:arg value='acpi-generic-initiator,id=gi0,pci-dev=ua-hostdevice-gpu1,node=1'/><qemu:env name='X' value='1'/></qemu:commandline>
 </domain>
 "#;
 
