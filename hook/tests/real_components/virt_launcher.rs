@@ -84,8 +84,14 @@ fn kubevirt_remarshal_of_the_answer_gives_qemu_the_chain_without_an_adapter() {
     }
 }
 
-/// `(uid, gid)` of the launcher user, created as a system user when absent (tests run as root).
+/// `(uid, gid)` of the launcher user, created as a system user when absent (tests run as root;
+/// once per process, as tests run in parallel).
 fn launcher_user() -> (u32, u32) {
+    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *USER.get_or_init(create_launcher_user)
+}
+
+fn create_launcher_user() -> (u32, u32) {
     let id = |flag: &str| Command::new("id").args([flag, LAUNCHER_USER]).output().unwrap();
     if !id("-u").status.success() {
         let out = Command::new("useradd")
@@ -372,9 +378,15 @@ const GPU: CorpusGpu = CORPUS_GPUS[0];
 
 /// The VM through the sidecar (shim) on `kind`, checked, re-marshalled by KubeVirt's model,
 /// mapped to this machine's node 0 and with the GPU replaced by a stand-in. Returns the
-/// definition to start, the answer's chain and the answer.
-fn launcher_definition(kind: HostKind, input: &str) -> (String, HbmChain, String) {
-    let (answer, _) = answer(kind, BOOT_HBM_BYTES, input);
+/// definition to start and the chain.
+fn launcher_definition(kind: HostKind, input: &str) -> (String, HbmChain) {
+    let (answer, log) = answer(kind, BOOT_HBM_BYTES, input);
+    let disk_booted_spm = kind == HostKind::SpmOnline && cmdline_of(input).is_empty();
+    assert_eq!(
+        log.matches("warning:").count(),
+        usize::from(disk_booted_spm),
+        "{kind:?}: a warning only when SPM HBM goes unmarked\n{log}"
+    );
     let projected = check_chain_survives(
         &format!("{kind:?}"),
         input,
@@ -386,7 +398,7 @@ fn launcher_definition(kind: HostKind, input: &str) -> (String, HbmChain, String
     let chain = hbm_chain::read(&projected, PciAddr::parse_host(GPU.host).unwrap()).unwrap();
     let here = for_this_machine(&projected);
     let with_stand_in = with_stand_in(&here, GPU.alias, StandIn::Rng).unwrap();
-    (with_stand_in, chain, answer)
+    (with_stand_in, chain)
 }
 
 #[test]
@@ -394,7 +406,7 @@ fn virt_launcher_like_start_of_a_disk_booted_vm_as_a_non_root_user() {
     let session = SessionLibvirt::start();
     let disk = session.empty_disk();
     let input = kubevirt_vm(&session, "hbm-launcher-disk", &disk, "");
-    let (xml, _, _) = launcher_definition(HostKind::SpmOnline, &input);
+    let (xml, _) = launcher_definition(HostKind::SpmOnline, &input);
     let domain = session.define("hbm-launcher-disk", &xml);
     domain.start();
     assert_eq!(domain.state(), "running");
@@ -424,7 +436,7 @@ fn boot_direct(kind: HostKind) -> (GuestReport, HbmChain, String) {
     );
     let name = format!("hbm-launcher-boot-{kind:?}").to_lowercase();
     let input = kubevirt_vm(&session, &name, &disk, &os_extra);
-    let (xml, chain, _) = launcher_definition(kind, &input);
+    let (xml, chain) = launcher_definition(kind, &input);
     let domain = session.define(&name, &xml);
     let started = Instant::now();
     domain.start();
