@@ -148,7 +148,10 @@ fn write_output(out: Option<&Path>, xml: &str) -> Result<(), RewriteCommandError
 /// Runs the command (everything but printing the summary or the error).
 pub fn run(args: &RewriteArgs) -> Result<Rewritten, RewriteCommandError> {
     let config = args.inventory.load_config()?;
-    let options = options(args, config.rewrite_options());
+    let options = options(
+        args,
+        config.rewrite_options(crate::qemu::probe::spm_support(&config.qemu)),
+    );
     let inventory = inventory::resolve(&args.inventory, &config)?;
     let xml = read_input(args.input.as_deref())?;
     let result = rewrite(&xml, &inventory, &options)?;
