@@ -8,7 +8,7 @@
 //! | annotation | values | default |
 //! |---|---|---|
 //! | `hbm-passthrough.dev/policy` | `off`, `auto`, `required` | the hook config's `rewrite.policy` |
-//! | `hbm-passthrough.dev/dialect` | `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
+//! | `hbm-passthrough.dev/dialect` | `auto`, `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
 //! | `hbm-passthrough.dev/size-cap` | a Kubernetes quantity of bytes (`64Gi`, `64G` = 64x10^9, `1e9`; see [`super::quantity`]) | config |
 //!
 //! Any other key under `hbm-passthrough.dev/` is refused (a typo must not silently mean "auto").

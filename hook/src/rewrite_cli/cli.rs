@@ -25,7 +25,8 @@ const PREFIX: &str = "hbm-hook rewrite";
 pub struct RewriteArgs {
     #[command(flatten)]
     pub inventory: InventoryArgs,
-    /// SPM marking: kernel-cmdline, memmap-type[=spm|reserved|normal], sp-mem or none.
+    /// SPM marking: auto (default: per region, see docs/rewrite.md), kernel-cmdline,
+    /// memmap-type[=spm|reserved|normal], sp-mem or none.
     #[arg(long, value_name = "D", value_parser = |s: &str| s.parse::<Dialect>())]
     pub dialect: Option<Dialect>,
     /// Which hostdevs get HBM: off, auto or required.
