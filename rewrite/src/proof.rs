@@ -110,7 +110,7 @@ pub(crate) fn digest_of(doc: &Document<'_>, op: &UndoOp) -> Option<u64> {
         UndoOp::RemoveRootAttr { name } => doc
             .attr_iter(doc.root)
             .find(|attr| attr.name == name)
-            .map(|attr| attr_digest(&attr.name, &attr.value())),
+            .map(|attr| attr_digest(attr.name, &attr.value())),
         _ => None,
     }
 }
