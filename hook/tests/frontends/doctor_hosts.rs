@@ -122,7 +122,28 @@ fn seed_amd_host_is_ready() {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut rows = vec![
+    let mut rows = seed_amd_first_rows();
+    rows.extend([
+        (
+            "warn",
+            "kubevirt 0000:c1:00.0/dax0.0",
+            format!("{DEVDAX_FOR_KUBEVIRT} -> {}", system_ram_fix("dax0.0")),
+        ),
+        (
+            "pass",
+            "dax dax0.0",
+            "devdax (/dev/dax0.0), 64 GiB, target node 1".into(),
+        ),
+    ]);
+    rows.extend(expected_tail(&d));
+    let mut expected = lines(&rows);
+    expected.push("10 passed, 2 warnings, 0 failed".into());
+    assert_eq!(normalized(&stdout(&out)), expected);
+}
+
+/// The report's first rows on `seed_amd` (and its variants): IOMMU, GPU, HBM region.
+fn seed_amd_first_rows() -> Vec<(&'static str, &'static str, String)> {
+    vec![
         ("pass", "iommu", "on (2 IOMMU groups)".to_string()),
         (
             "pass",
@@ -134,21 +155,7 @@ fn seed_amd_host_is_ready() {
             "hbm 0000:c1:00.0/dax0.0",
             "64 GiB on host node 1 (SPM, from dax, /dev/dax0.0)".into(),
         ),
-        (
-            "warn",
-            "kubevirt 0000:c1:00.0/dax0.0",
-            format!("{DEVDAX_FOR_KUBEVIRT} -> {}", system_ram_fix("dax0.0")),
-        ),
-        (
-            "pass",
-            "dax dax0.0",
-            "devdax (/dev/dax0.0), 64 GiB, target node 1".into(),
-        ),
-    ];
-    rows.extend(expected_tail(&d));
-    let mut expected = lines(&rows);
-    expected.push("10 passed, 2 warnings, 0 failed".into());
-    assert_eq!(normalized(&stdout(&out)), expected);
+    ]
 }
 
 /// The `kubevirt` check's detail for the devdax region of `seed_amd`.
@@ -179,18 +186,8 @@ fn an_online_region_is_usable_by_kubevirt_in_text_and_json() {
     let out = d.run(&root, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let report = normalized(&stdout(&out));
-    let expected = lines(&[
-        ("pass", "iommu", "on (2 IOMMU groups)".to_string()),
-        (
-            "pass",
-            "gpu 0000:c1:00.0",
-            "1002:74a1 bound to vfio-pci, IOMMU group 12".into(),
-        ),
-        (
-            "pass",
-            "hbm 0000:c1:00.0/dax0.0",
-            "64 GiB on host node 1 (SPM, from dax, /dev/dax0.0)".into(),
-        ),
+    let mut rows = seed_amd_first_rows();
+    rows.extend([
         (
             "pass",
             "kubevirt 0000:c1:00.0/dax0.0",
@@ -202,7 +199,7 @@ fn an_online_region_is_usable_by_kubevirt_in_text_and_json() {
             "system-ram (kmem: onlined into its NUMA node), 64 GiB, target node 1".into(),
         ),
     ]);
-    assert_eq!(report[..5], expected, "{report:#?}");
+    assert_eq!(report[..5], lines(&rows), "{report:#?}");
 
     let json = d.run(&root, &["--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
