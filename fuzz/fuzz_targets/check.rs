@@ -29,15 +29,19 @@ pub fn inventory(xml: &str, online: bool) -> Inventory {
 
 /// The options the selector byte `sel` picks.
 pub fn options(sel: u8) -> RewriteOptions {
-    let dialect = match sel % 6 {
+    let dialect = match sel & 0x07 {
         0 => Dialect::KernelCmdline,
         1 => Dialect::MemmapType(MemmapType::Spm),
         2 => Dialect::MemmapType(MemmapType::Reserved),
         3 => Dialect::SpMem,
         4 => Dialect::None,
-        _ => Dialect::MemmapType(MemmapType::Normal),
+        5 => Dialect::MemmapType(MemmapType::Normal),
+        _ => Dialect::Auto,
     };
+    // Bit 3: the QEMU runs without the argv adapter (KubeVirt).
+    let adapter_path = (sel & 0x08 == 0).then(|| hbm_rewrite::DEFAULT_ADAPTER_PATH.to_string());
     RewriteOptions {
+        adapter_path,
         dialect,
         policy: if sel & 0x40 != 0 {
             PolicyMode::Required

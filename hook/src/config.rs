@@ -6,13 +6,14 @@
 //!   gpus: []
 //! rewrite:
 //!   policy: auto        # off | auto | required
-//!   dialect: kernel-cmdline
+//!   dialect: auto       # auto | kernel-cmdline | memmap-type[=spm|reserved|normal] | sp-mem | none
 //!   size_cap: 64GiB     # bytes or with a unit; absent = whole region
 //!   adapter_path: /usr/local/bin/hbm-qemu
 //!   native_generic_initiator: false
 //! qemu:
 //!   emulator: /usr/bin/qemu-system-x86_64
 //!   probe_cache_dir: /var/cache/hbm-passthrough
+//!   spm: probe          # what dialect auto may use through the adapter: probe | none | sp-mem | memmap-type | sp-mem,memmap-type
 //! claims:
 //!   dir: /run/hbm-passthrough/claims
 //!   startup_grace_secs: 30
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use hbm_rewrite::size::parse_size;
-use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
+use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions, SpmSupport};
 
 /// Where the config is read from when `--config` is not given (only if the file exists).
 pub const DEFAULT_PATH: &str = "/etc/hbm-passthrough/hook.yaml";
@@ -79,7 +80,9 @@ impl Default for RewriteSection {
             policy: o.policy,
             dialect: o.dialect,
             size_cap: o.size_cap_bytes,
-            adapter_path: o.adapter_path,
+            adapter_path: o
+                .adapter_path
+                .unwrap_or_else(|| hbm_rewrite::DEFAULT_ADAPTER_PATH.to_string()),
             native_generic_initiator: o.native_generic_initiator,
         }
     }
@@ -91,6 +94,9 @@ impl Default for RewriteSection {
 pub struct QemuSection {
     pub emulator: PathBuf,
     pub probe_cache_dir: PathBuf,
+    /// The SPM dialects dialect `auto` may use through the adapter on a libvirt host.
+    #[serde(deserialize_with = "de_qemu_spm")]
+    pub spm: QemuSpm,
 }
 
 impl Default for QemuSection {
@@ -98,6 +104,66 @@ impl Default for QemuSection {
         Self {
             emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             probe_cache_dir: PathBuf::from("/var/cache/hbm-passthrough"),
+            spm: QemuSpm::Probe,
+        }
+    }
+}
+
+/// How the SPM dialects of the domain's QEMU are known (`qemu.spm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QemuSpm {
+    /// Ask `qemu.emulator` (the capability probe, cached per binary).
+    #[default]
+    Probe,
+    /// As configured.
+    Known(SpmSupport),
+}
+
+impl std::str::FromStr for QemuSpm {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut support = SpmSupport::default();
+        match text.trim() {
+            "probe" => return Ok(QemuSpm::Probe),
+            "none" => return Ok(QemuSpm::Known(support)),
+            list => {
+                for dialect in list.split(',').map(str::trim) {
+                    match dialect {
+                        "sp-mem" => support.sp_mem = true,
+                        "memmap-type" => support.memmap_type = true,
+                        other => {
+                            return Err(format!(
+                                "qemu.spm: unknown value {other:?} (expected probe, none, sp-mem, memmap-type or sp-mem,memmap-type)"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(QemuSpm::Known(support))
+    }
+}
+
+/// How the Generic Initiator reaches QEMU (`--generic-initiator`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GenericInitiatorStyle {
+    /// `-object acpi-generic-initiator` in `<qemu:commandline>` (any libvirt; KubeVirt carries
+    /// it over).
+    #[default]
+    QemuCommandline,
+    /// libvirt's hostdev `<acpi nodeset='K'/>` (libvirt >= 11.8, KubeVirt >= 1.9).
+    AcpiNodeset,
+}
+
+impl std::str::FromStr for GenericInitiatorStyle {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "qemu-commandline" => Ok(GenericInitiatorStyle::QemuCommandline),
+            "acpi-nodeset" => Ok(GenericInitiatorStyle::AcpiNodeset),
+            other => Err(format!(
+                "unknown Generic Initiator style {other:?} (expected qemu-commandline or acpi-nodeset)"
+            )),
         }
     }
 }
@@ -122,6 +188,10 @@ impl Default for ClaimsSection {
 }
 
 fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<PolicyMode, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_qemu_spm<'de, D: Deserializer<'de>>(d: D) -> Result<QemuSpm, D::Error> {
     String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
@@ -180,14 +250,25 @@ impl HookConfig {
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The rewriter defaults this config gives.
-    pub fn rewrite_options(&self) -> RewriteOptions {
+    /// The rewriter defaults this config gives on a libvirt host (the adapter runs QEMU);
+    /// `qemu_spm` is what `qemu.spm` says or the probe found.
+    pub fn rewrite_options(&self, qemu_spm: SpmSupport) -> RewriteOptions {
         RewriteOptions {
             policy: self.rewrite.policy,
             dialect: self.rewrite.dialect,
             size_cap_bytes: self.rewrite.size_cap,
-            adapter_path: self.rewrite.adapter_path.clone(),
+            adapter_path: Some(self.rewrite.adapter_path.clone()),
+            qemu_spm,
             native_generic_initiator: self.rewrite.native_generic_initiator,
+        }
+    }
+
+    /// The rewriter defaults for a domain that KubeVirt's virt-launcher runs: no argv adapter
+    /// there (its QEMU is its own), so no `<emulator>` change, no adapter dialects.
+    pub fn kubevirt_rewrite_options(&self) -> RewriteOptions {
+        RewriteOptions {
+            adapter_path: None,
+            ..self.rewrite_options(SpmSupport::default())
         }
     }
 }
@@ -208,13 +289,38 @@ mod tests {
         assert_eq!(c.rewrite.size_cap, Some(16 << 30));
         assert_eq!(c.qemu.emulator, PathBuf::from("/opt/qemu"));
         assert_eq!(c.claims.dir, PathBuf::from("/tmp/claims"));
-        let o = c.rewrite_options();
+        let o = c.rewrite_options(SpmSupport::default());
         assert!(o.native_generic_initiator);
-        assert_eq!(o.adapter_path, "/opt/hbm-qemu");
+        assert_eq!(o.adapter_path.as_deref(), Some("/opt/hbm-qemu"));
+        assert_eq!(c.kubevirt_rewrite_options().adapter_path, None);
+        assert_eq!(c.qemu.spm, QemuSpm::Probe);
         assert_eq!(
             HookConfig::parse("rewrite:\n  size_cap: 1048576\n").map(|c| c.rewrite.size_cap),
             Ok(Some(1 << 20))
         );
+    }
+
+    #[test]
+    fn qemu_spm_is_probe_none_or_a_list() {
+        let spm = |text: &str| HookConfig::parse(&format!("qemu:\n  spm: {text}\n")).map(|c| c.qemu.spm);
+        assert_eq!(spm("probe"), Ok(QemuSpm::Probe));
+        assert_eq!(spm("none"), Ok(QemuSpm::Known(SpmSupport::default())));
+        assert_eq!(
+            spm("sp-mem, memmap-type"),
+            Ok(QemuSpm::Known(SpmSupport {
+                sp_mem: true,
+                memmap_type: true
+            }))
+        );
+        assert!(spm("frob").is_err_and(|e| e.contains("qemu.spm: unknown value \"frob\"")));
+    }
+
+    #[test]
+    fn the_default_dialect_is_auto_and_gi_styles_parse() {
+        assert_eq!(HookConfig::default().rewrite.dialect, Dialect::Auto);
+        assert_eq!("acpi-nodeset".parse(), Ok(GenericInitiatorStyle::AcpiNodeset));
+        assert_eq!("qemu-commandline".parse(), Ok(GenericInitiatorStyle::QemuCommandline));
+        assert!("native".parse::<GenericInitiatorStyle>().is_err());
     }
 
     #[test]

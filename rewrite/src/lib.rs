@@ -56,15 +56,33 @@ pub enum PolicyMode {
 /// How the HBM cells are marked as Specific Purpose Memory in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Dialect {
+    /// Per region, what the host firmware presents: a `normal` region gets no marking; an `spm`
+    /// region gets the best marking the QEMU that runs the domain speaks through the argv adapter
+    /// (`sp-mem`, then `memmap-type=spm`), else `kernel-cmdline` for a direct-kernel-boot
+    /// domain, else none (with a warning in the summary). See `plan/dialect.rs`.
+    #[default]
+    Auto,
     /// QEMU series v5-v7: `-numa node,...,memmap-type=<type>` (applied by the argv adapter).
     MemmapType(MemmapType),
     /// QEMU series v8-v10: `-device sp-mem,memdev=..,node=K` (applied by the argv adapter).
     SpMem,
     /// Direct-kernel-boot guests: `memmap=<size>%<gpa>-1+0xefffffff` on the guest command line.
-    #[default]
     KernelCmdline,
     /// A normal NUMA node (no SPM marking); pxb and Generic Initiator still added.
     None,
+}
+
+/// Where the libvirt host install puts the QEMU argv adapter.
+pub const DEFAULT_ADAPTER_PATH: &str = "/usr/local/bin/hbm-qemu";
+
+/// Which SPM dialects of the argv adapter the domain's QEMU accepts (from the capability probe
+/// on libvirt hosts; none known by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SpmSupport {
+    /// `-device sp-mem` (QEMU series v8-v10).
+    pub sp_mem: bool,
+    /// `-numa node,memmap-type=` (QEMU series v5-v7).
+    pub memmap_type: bool,
 }
 
 /// Host-wide defaults (from the config file and CLI flags); the domain's metadata overrides them.
@@ -74,8 +92,13 @@ pub struct RewriteOptions {
     pub dialect: Dialect,
     /// Largest cell the rewriter creates per region, in bytes.
     pub size_cap_bytes: Option<u64>,
-    /// Emulator path written to `<emulator>` when the argv adapter must act.
-    pub adapter_path: String,
+    /// Emulator path written to `<emulator>` when the argv adapter must act; `None` when the
+    /// QEMU runs without the adapter (KubeVirt's virt-launcher): no `<emulator>` change, no
+    /// adapter instructions, so device-dax-only regions and the `sp-mem`/`memmap-type`
+    /// dialects are refused.
+    pub adapter_path: Option<String>,
+    /// The SPM dialects the QEMU that will run the domain speaks (`auto` picks from them).
+    pub qemu_spm: SpmSupport,
     /// Use libvirt's native `<acpi nodeset=..>` on the hostdev instead of `<qemu:commandline>`.
     pub native_generic_initiator: bool,
 }
@@ -84,9 +107,10 @@ impl Default for RewriteOptions {
     fn default() -> Self {
         Self {
             policy: PolicyMode::Auto,
-            dialect: Dialect::KernelCmdline,
+            dialect: Dialect::Auto,
             size_cap_bytes: None,
-            adapter_path: "/usr/local/bin/hbm-qemu".to_string(),
+            adapter_path: Some(DEFAULT_ADAPTER_PATH.to_string()),
+            qemu_spm: SpmSupport::default(),
             native_generic_initiator: false,
         }
     }
@@ -100,6 +124,17 @@ pub struct Rewritten {
     pub changed: bool,
     /// One human line per change made (for the CLI's diff summary on stderr).
     pub summary: Vec<String>,
+}
+
+/// Prefix of the summary lines that say what the guest will not get (see [`warnings`]).
+pub const WARNING_PREFIX: &str = "warning: ";
+
+/// The summary lines that warn (front ends log them at warn level).
+pub fn warnings(summary: &[String]) -> impl Iterator<Item = &str> {
+    summary
+        .iter()
+        .filter(|line| line.starts_with(WARNING_PREFIX))
+        .map(String::as_str)
 }
 
 impl PolicyMode {
@@ -134,6 +169,7 @@ impl Dialect {
     /// The canonical spelling (`memmap-type` is written out as `memmap-type=spm`).
     pub fn as_str(self) -> &'static str {
         match self {
+            Dialect::Auto => "auto",
             Dialect::MemmapType(MemmapType::Spm) => "memmap-type=spm",
             Dialect::MemmapType(MemmapType::Reserved) => "memmap-type=reserved",
             Dialect::MemmapType(MemmapType::Normal) => "memmap-type=normal",
@@ -148,6 +184,7 @@ impl FromStr for Dialect {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Dialect::Auto),
             "kernel-cmdline" => Ok(Dialect::KernelCmdline),
             "memmap-type" | "memmap-type=spm" => Ok(Dialect::MemmapType(MemmapType::Spm)),
             "memmap-type=reserved" => Ok(Dialect::MemmapType(MemmapType::Reserved)),
@@ -155,7 +192,7 @@ impl FromStr for Dialect {
             "sp-mem" => Ok(Dialect::SpMem),
             "none" => Ok(Dialect::None),
             other => Err(format!(
-                "unknown dialect {other:?} (expected kernel-cmdline, memmap-type, memmap-type=spm, memmap-type=reserved, memmap-type=normal, sp-mem or none)"
+                "unknown dialect {other:?} (expected auto, kernel-cmdline, memmap-type, memmap-type=spm, memmap-type=reserved, memmap-type=normal, sp-mem or none)"
             )),
         }
     }

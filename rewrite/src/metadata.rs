@@ -7,7 +7,7 @@
 //!   <hbm:passthrough xmlns:hbm="https://hbm-passthrough.dev/xmlns/domain/1" mode="auto" dialect="kernel-cmdline" size-cap="64GiB">
 //!     <hbm:gpu address="0000:c1:00.0" mode="required" dialect="none" size-cap="16GiB" regions="0000:c1:00.0/node2"/>
 //!     <hbm:applied>
-//!       <hbm:region id="0000:c1:00.0/node2" gpu="0000:c1:00.0" host-node="2" size="68719476736" cell="1"/>
+//!       <hbm:region id="0000:c1:00.0/node2" gpu="0000:c1:00.0" host-node="2" size="68719476736" cell="1" dialect="none"/>
 //!       <hbm:undo op="remove" at="cpu/numa/cell[id=1]"/>
 //!       <hbm:undo op="restore" at="memory" raw="&lt;memory unit='KiB'&gt;1048576&lt;/memory&gt;"/>
 //!     </hbm:applied>
@@ -49,6 +49,9 @@ pub struct ClaimedRegion {
     /// Size of the guest cell (after the size cap), in bytes.
     pub size_bytes: u64,
     pub guest_cell: u32,
+    /// The dialect the cell was marked in (`auto` resolved); absent in records of older
+    /// versions.
+    pub dialect: Option<Dialect>,
 }
 
 /// One step that undoes an addition.
@@ -301,6 +304,7 @@ fn read_region(doc: &Document<'_>, region: usize) -> Result<ClaimedRegion, Rewri
         dax: doc.attr(region, "dax").map(|dax| dax.into_owned()),
         size_bytes: required(doc, region, "size", parse_number::<u64>)?,
         guest_cell: required(doc, region, "cell", parse_number::<u32>)?,
+        dialect: parse_attr(doc, region, "dialect", |text| text.parse::<Dialect>())?,
     })
 }
 
@@ -414,6 +418,9 @@ fn region_attrs(region: &ClaimedRegion) -> Vec<(&'static str, Cow<'_, str>)> {
     }
     pairs.push(("size", Cow::Owned(region.size_bytes.to_string())));
     pairs.push(("cell", Cow::Owned(region.guest_cell.to_string())));
+    if let Some(dialect) = region.dialect {
+        pairs.push(("dialect", Cow::Borrowed(dialect.as_str())));
+    }
     pairs
 }
 
@@ -481,6 +488,7 @@ mod tests {
                 dax: None,
                 size_bytes: 1 << 30,
                 guest_cell: 1,
+                dialect: None,
             },
             ClaimedRegion {
                 id: "0000:c1:00.0/dax1.0".into(),
@@ -489,6 +497,7 @@ mod tests {
                 dax: Some("/dev/dax1.0".into()),
                 size_bytes: 2 << 30,
                 guest_cell: 2,
+                dialect: Some(Dialect::SpMem),
             },
         ]
     }

@@ -21,7 +21,7 @@ use super::policy::{DefineOutcome, KubevirtError, define_domain};
 use super::sidecar::{
     DEFAULT_NAME, DEFAULT_SOCKET_DIR, InventoryFn, Sidecar, SidecarError, SidecarSettings, termination_signal,
 };
-use crate::config::{ConfigError, HookConfig};
+use crate::config::{ConfigError, GenericInitiatorStyle, HookConfig};
 use crate::inventory::{self, InventoryArgs, InventoryError, InventorySource};
 use hbm_rewrite::{Dialect, PolicyMode, RewriteOptions};
 
@@ -34,12 +34,19 @@ pub const SHIM_PRE_CLOUD_INIT_ISO: &str = "preCloudInitIso";
 /// win); unset, the config file's `rewrite` section decides.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VmiDefaultsArgs {
-    /// Default SPM marking: kernel-cmdline, memmap-type[=spm|reserved|normal], sp-mem or none.
+    /// Default SPM marking: auto, kernel-cmdline, memmap-type[=spm|reserved|normal], sp-mem or
+    /// none (virt-launcher has no argv adapter, so auto means kernel-cmdline for a direct kernel
+    /// boot and no marking otherwise).
     #[arg(long, value_name = "D", value_parser = |s: &str| s.parse::<Dialect>())]
     pub dialect: Option<Dialect>,
     /// Default policy: off, auto or required.
     #[arg(long, value_name = "P", value_parser = |s: &str| s.parse::<PolicyMode>())]
     pub policy: Option<PolicyMode>,
+    /// How the Generic Initiator reaches QEMU: qemu-commandline (any KubeVirt) or acpi-nodeset
+    /// (libvirt's hostdev `<acpi nodeset>`, KubeVirt >= 1.9) [default: config
+    /// rewrite.native_generic_initiator, else qemu-commandline].
+    #[arg(long, value_name = "STYLE", value_parser = |s: &str| s.parse::<GenericInitiatorStyle>())]
+    pub generic_initiator: Option<GenericInitiatorStyle>,
 }
 
 impl VmiDefaultsArgs {
@@ -50,6 +57,9 @@ impl VmiDefaultsArgs {
         }
         if let Some(p) = self.policy {
             base.policy = p;
+        }
+        if let Some(style) = self.generic_initiator {
+            base.native_generic_initiator = style == GenericInitiatorStyle::AcpiNodeset;
         }
         base
     }
@@ -163,7 +173,7 @@ fn serve_sidecar(args: &SidecarArgs) -> Result<(), KubevirtCommandError> {
     let settings = SidecarSettings {
         name: args.name.clone(),
         priority: args.priority,
-        options: args.defaults.apply(config.rewrite_options()),
+        options: args.defaults.apply(config.kubevirt_rewrite_options()),
         inventory,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -188,10 +198,13 @@ pub fn run_shim_define(args: &ShimDefineArgs) -> ExitCode {
 /// The definition to print: the rewritten XML, or the input when there is nothing to do.
 fn shim_define(args: &ShimDefineArgs) -> Result<String, KubevirtCommandError> {
     let (config, inventory) = settings_from(&args.inventory)?;
-    let options = args.defaults.apply(config.rewrite_options());
+    let options = args.defaults.apply(config.kubevirt_rewrite_options());
     let xml = match define_domain(args.domain.as_bytes(), args.vmi.as_bytes(), &options, || inventory())? {
         DefineOutcome::Rewritten { xml, summary } => {
             tracing::info!(summary = ?summary, "rewritten");
+            for warning in hbm_rewrite::warnings(&summary) {
+                tracing::warn!("{warning}");
+            }
             xml
         }
         DefineOutcome::Unchanged { why } => {

@@ -8,7 +8,7 @@
 //! | annotation | values | default |
 //! |---|---|---|
 //! | `hbm-passthrough.dev/policy` | `off`, `auto`, `required` | the hook config's `rewrite.policy` |
-//! | `hbm-passthrough.dev/dialect` | `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
+//! | `hbm-passthrough.dev/dialect` | `auto`, `kernel-cmdline`, `memmap-type[=spm\|reserved\|normal]`, `sp-mem`, `none` | config |
 //! | `hbm-passthrough.dev/size-cap` | a Kubernetes quantity of bytes (`64Gi`, `64G` = 64x10^9, `1e9`; see [`super::quantity`]) | config |
 //!
 //! Any other key under `hbm-passthrough.dev/` is refused (a typo must not silently mean "auto").
@@ -376,5 +376,79 @@ mod tests {
             e.to_string(),
             "VMI ns/vm1 requires HBM (hbm-passthrough.dev/policy=required) but host discovery failed: sysfs root /nope: not a directory"
         );
+    }
+    const DISK_BOOT_GPU: &str = "<domain type='kvm'><memory unit='GiB'>2</memory><os><type arch='x86_64' machine='q35'>hvm</type></os><devices><hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0xc1' slot='0x00' function='0x0'/></source></hostdev></devices></domain>";
+
+    /// virt-launcher's options: no adapter.
+    fn kubevirt_options() -> RewriteOptions {
+        RewriteOptions {
+            adapter_path: None,
+            ..RewriteOptions::default()
+        }
+    }
+
+    fn devdax_only_inventory() -> Inventory {
+        let gpu = topology::PciAddress::new(0, 0xc1, 0, 0);
+        let mut inventory = Inventory::empty("/");
+        inventory.regions = vec![topology::Region {
+            online: false,
+            dax: Some("/dev/dax1.0".into()),
+            ..topology::fixture::region(gpu, 3, 1 << 30)
+        }];
+        inventory
+    }
+
+    #[test]
+    fn a_devdax_only_region_is_refused_on_kubevirt_with_the_daxctl_fix() {
+        let auto = define_domain(DISK_BOOT_GPU.as_bytes(), &vmi(&[]), &kubevirt_options(), || {
+            Ok(devdax_only_inventory())
+        })
+        .unwrap();
+        let DefineOutcome::UnchangedWithWarning { warning } = auto else {
+            panic!("auto: unchanged with a warning, got {auto:?}");
+        };
+        assert!(
+            warning.starts_with("VMI ns/vm1: domain left without HBM: domain XML line 1: <hostdev>: cannot satisfy: region 0000:c1:00.0/node3 is reachable only through the device-dax device /dev/dax1.0"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("daxctl reconfigure-device --mode=system-ram dax1.0"),
+            "{warning}"
+        );
+        let required = define_domain(
+            DISK_BOOT_GPU.as_bytes(),
+            &vmi(&[(POLICY_ANNOTATION, "required")]),
+            &kubevirt_options(),
+            || Ok(devdax_only_inventory()),
+        )
+        .unwrap_err();
+        assert_eq!(required.exit_code(), 3);
+        assert!(
+            required
+                .to_string()
+                .contains("daxctl reconfigure-device --mode=system-ram dax1.0")
+        );
+    }
+
+    #[test]
+    fn an_online_spm_region_on_a_disk_boot_gets_an_unmarked_cell_and_a_warning() {
+        let gpu = topology::PciAddress::new(0, 0xc1, 0, 0);
+        let mut inventory = Inventory::empty("/");
+        inventory.regions = vec![topology::fixture::region(gpu, 3, 1 << 30)];
+        let out = define_domain(DISK_BOOT_GPU.as_bytes(), &vmi(&[]), &kubevirt_options(), || {
+            Ok(inventory)
+        })
+        .unwrap();
+        let DefineOutcome::Rewritten { xml, summary } = out else {
+            panic!("rewritten expected, got {out:?}");
+        };
+        assert!(xml.contains("<memnode cellid='1' mode='strict' nodeset='3'/>"), "{xml}");
+        assert!(!xml.contains("<emulator>"), "{xml}");
+        assert!(!xml.contains("HBM_QEMU_INSTRUCTIONS"), "{xml}");
+        assert!(
+            xml.contains("acpi-generic-initiator,id=hbm-gi1,pci-dev=ua-hbm-0000-c1-00-0,node=1"),
+            "{xml}"
+        );
+        assert_eq!(hbm_rewrite::warnings(&summary).count(), 1, "{summary:?}");
     }
 }

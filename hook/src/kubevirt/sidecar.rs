@@ -101,6 +101,9 @@ impl Core {
         match define_domain(&domain_xml, vmi, &self.settings.options, move || inventory()) {
             Ok(DefineOutcome::Rewritten { xml, summary }) => {
                 tracing::info!(version, changes = summary.len(), summary = ?summary, "OnDefineDomain: rewritten");
+                for warning in hbm_rewrite::warnings(&summary) {
+                    tracing::warn!(version, "OnDefineDomain: {warning}");
+                }
                 Ok(xml.into_bytes())
             }
             Ok(DefineOutcome::Unchanged { why }) => {

@@ -309,7 +309,8 @@ fn rewrite_for_this_host(
     }
     let config = load_config()?;
     let inventory = discover(domain, &config)?;
-    let result = rewrite(xml, &inventory, &config.rewrite_options()).map_err(|source| HookError::Rewrite {
+    let options = config.rewrite_options(crate::qemu::probe::spm_support(&config.qemu));
+    let result = rewrite(xml, &inventory, &options).map_err(|source| HookError::Rewrite {
         domain: domain.to_string(),
         source,
     })?;
@@ -317,6 +318,9 @@ fn rewrite_for_this_host(
         return Ok(HookOutput::default());
     }
     tracing::info!(domain, changes = ?result.summary, "definition rewritten for this host");
+    for warning in hbm_rewrite::warnings(&result.summary) {
+        tracing::warn!(domain, "{warning}");
+    }
     Ok(HookOutput { stdout: result.xml })
 }
 

@@ -355,6 +355,25 @@ pub fn capabilities(binary: &Path, cache_dir: &Path, timeout: Duration) -> Resul
     Ok(caps)
 }
 
+/// What dialect `auto` may use through the adapter on this libvirt host: `qemu.spm` as
+/// configured, or the (cached) probe of `qemu.emulator`. A QEMU that cannot be probed counts as
+/// speaking neither (logged): `auto` then falls back to the kernel command line or no marking.
+pub fn spm_support(qemu: &crate::config::QemuSection) -> hbm_rewrite::SpmSupport {
+    if let crate::config::QemuSpm::Known(support) = qemu.spm {
+        return support;
+    }
+    match capabilities(&qemu.emulator, &qemu.probe_cache_dir, PROBE_TIMEOUT) {
+        Ok(caps) => hbm_rewrite::SpmSupport {
+            sp_mem: caps.sp_mem,
+            memmap_type: caps.memmap_type,
+        },
+        Err(error) => {
+            tracing::warn!(emulator = %qemu.emulator.display(), %error, "QEMU not probed; dialect auto assumes it speaks neither sp-mem nor memmap-type");
+            hbm_rewrite::SpmSupport::default()
+        }
+    }
+}
+
 /// Records `caps` as the capabilities of `binary` as it is now (path, mtime, size).
 pub fn store(binary: &Path, cache_dir: &Path, caps: &Capabilities) -> std::io::Result<()> {
     let (mtime_ns, size) = identity(binary).map_err(std::io::Error::other)?;

@@ -25,7 +25,8 @@ const PREFIX: &str = "hbm-hook rewrite";
 pub struct RewriteArgs {
     #[command(flatten)]
     pub inventory: InventoryArgs,
-    /// SPM marking: kernel-cmdline, memmap-type[=spm|reserved|normal], sp-mem or none.
+    /// SPM marking: auto (default: per region, see docs/rewrite.md), kernel-cmdline,
+    /// memmap-type[=spm|reserved|normal], sp-mem or none.
     #[arg(long, value_name = "D", value_parser = |s: &str| s.parse::<Dialect>())]
     pub dialect: Option<Dialect>,
     /// Which hostdevs get HBM: off, auto or required.
@@ -148,7 +149,10 @@ fn write_output(out: Option<&Path>, xml: &str) -> Result<(), RewriteCommandError
 /// Runs the command (everything but printing the summary or the error).
 pub fn run(args: &RewriteArgs) -> Result<Rewritten, RewriteCommandError> {
     let config = args.inventory.load_config()?;
-    let options = options(args, config.rewrite_options());
+    let options = options(
+        args,
+        config.rewrite_options(crate::qemu::probe::spm_support(&config.qemu)),
+    );
     let inventory = inventory::resolve(&args.inventory, &config)?;
     let xml = read_input(args.input.as_deref())?;
     let result = rewrite(&xml, &inventory, &options)?;

@@ -50,7 +50,7 @@ fn libvirt_view(dialect: Dialect, dax: bool, adapter: &Path) -> (Vec<Instruction
     }
     let options = RewriteOptions {
         dialect,
-        adapter_path: adapter.display().to_string(),
+        adapter_path: Some(adapter.display().to_string()),
         ..RewriteOptions::default()
     };
     let out = rewrite(&input(), &inventory, &options).unwrap();

@@ -95,7 +95,7 @@ pub fn bootable(rewritten: &str) -> String {
 /// The hook config pointing discovery at `sysfs_root` and claims at `claims_dir`.
 pub fn config_yaml(sysfs_root: &Path, claims_dir: &Path, startup_grace_secs: u64) -> String {
     format!(
-        "sysfs_root: {}\nclaims:\n  dir: {}\n  startup_grace_secs: {startup_grace_secs}\n",
+        "sysfs_root: {}\nrewrite:\n  dialect: kernel-cmdline\nclaims:\n  dir: {}\n  startup_grace_secs: {startup_grace_secs}\n",
         sysfs_root.display(),
         claims_dir.display()
     )

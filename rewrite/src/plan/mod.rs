@@ -6,6 +6,7 @@
 pub(crate) mod aliases;
 pub(crate) mod buses;
 pub(crate) mod cells;
+pub(crate) mod dialect;
 pub(crate) mod generic_initiator;
 pub(crate) mod machine;
 pub(crate) mod select;
@@ -86,19 +87,20 @@ impl<'i> Plan<'i> {
         self.targets.iter().flat_map(|target| target.cells.iter())
     }
 
-    /// The regions claimed, as the record lists them.
+    /// The regions claimed, as the record lists them (with the dialect each cell got).
     pub(crate) fn record(&self) -> Vec<ClaimedRegion> {
         self.targets
             .iter()
-            .flat_map(|target| {
-                target.cells.iter().map(|cell| ClaimedRegion {
-                    id: cell.region.id.clone(),
-                    gpu: target.addr,
-                    host_node: cell.region.host_node,
-                    dax: cell.region.dax.clone(),
-                    size_bytes: cell.size,
-                    guest_cell: cell.id,
-                })
+            .flat_map(|target| target.cells.iter().map(move |cell| (target, cell)))
+            .zip(self.marking.dialects.iter())
+            .map(|((target, cell), dialect)| ClaimedRegion {
+                id: cell.region.id.clone(),
+                gpu: target.addr,
+                host_node: cell.region.host_node,
+                dax: cell.region.dax.clone(),
+                size_bytes: cell.size,
+                guest_cell: cell.id,
+                dialect: Some(*dialect),
             })
             .collect()
     }
@@ -129,7 +131,8 @@ pub(crate) fn plan<'i>(
     let targets = plan_targets(doc, devices, selected, cells.first_new_id)?;
     let sizes = cell_sizes(&cells, &targets);
     let ranges = guest_ranges(&sizes).ok_or_else(|| beyond_address_space(doc))?;
-    let marking = spm_marking(doc, os, &targets, ranges.get(cells.existing.len()..).unwrap_or(&[]))?;
+    let new_ranges = ranges.get(cells.existing.len()..).unwrap_or(&[]);
+    let marking = spm_marking(doc, os, &targets, new_ranges, options)?;
     let native = options.native_generic_initiator;
     let qemu = qemu_namespace(doc, !native || !marking.instructions.is_empty())?;
     let memory_bytes = memory_total(doc, &sizes)?;
@@ -141,7 +144,7 @@ pub(crate) fn plan<'i>(
     Ok(Some(Plan {
         os,
         devices,
-        emulator: emulator_change(doc, devices, &options.adapter_path, &marking.instructions),
+        emulator: emulator_change(doc, devices, options.adapter_path.as_deref(), &marking.instructions),
         acpi_feature: acpi_feature(doc),
         targets,
         cells,
@@ -150,7 +153,7 @@ pub(crate) fn plan<'i>(
         native_generic_initiator: native,
         generic_initiators,
         marking,
-        adapter_path: options.adapter_path.clone(),
+        adapter_path: options.adapter_path.clone().unwrap_or_default(),
     }))
 }
 

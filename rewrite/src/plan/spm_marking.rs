@@ -7,10 +7,12 @@ use crate::instructions::Instruction;
 use crate::layout::{FOUR_GIB, GpaRange};
 use crate::libvirt::unsatisfiable;
 use crate::size::kernel_size;
-use crate::{Dialect, RewriteError};
+use crate::{Dialect, RewriteError, RewriteOptions};
 
 use super::Target;
 use super::cells::NewCell;
+use super::dialect::{DialectContext, needs_adapter, resolve};
+use topology::Region;
 
 /// Alignment assumed for a device-dax region whose `align` is unknown.
 pub(crate) const DEFAULT_DAX_ALIGN: u64 = 2 << 20;
@@ -22,6 +24,10 @@ pub(crate) struct SpmMarking {
     pub kernel_cmdline: Vec<String>,
     /// What the argv adapter changes, in cell order.
     pub instructions: Vec<Instruction>,
+    /// The dialect each new cell is marked in, in cell order (`auto` resolved).
+    pub dialects: Vec<Dialect>,
+    /// One `warning: ...` line per SPM region `auto` could not mark.
+    pub warnings: Vec<String>,
 }
 
 /// What happens to `<emulator>` when the adapter must act.
@@ -41,49 +47,112 @@ pub(crate) fn spm_marking(
     os: usize,
     targets: &[Target<'_>],
     new_ranges: &[Vec<GpaRange>],
+    options: &RewriteOptions,
 ) -> Result<SpmMarking, RewriteError> {
+    let context = DialectContext {
+        direct_kernel_boot: doc.child(os, "kernel").is_some(),
+        adapter: options.adapter_path.is_some(),
+        qemu_spm: options.qemu_spm,
+    };
     let mut marking = SpmMarking::default();
     let cells = targets
         .iter()
         .flat_map(|target| target.cells.iter().map(move |cell| (target, cell)));
     for ((target, cell), ranges) in cells.zip(new_ranges) {
-        match target.dialect {
-            Dialect::KernelCmdline => {
-                if doc.child(os, "kernel").is_none() {
-                    return Err(unsatisfiable(
-                        doc,
-                        os,
-                        "dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect memmap-type, sp-mem or none",
-                    ));
-                }
-                marking.kernel_cmdline.extend(kernel_cmdline_fragments(ranges));
-            }
-            Dialect::MemmapType(memmap) => {
-                if spans_4g(ranges) {
-                    return Err(unsatisfiable(
-                        doc,
-                        target.hostdev,
-                        format!(
-                            "cell {} would span the 4 GiB boundary, which memmap-type refuses; change the guest RAM size",
-                            cell.id
-                        ),
-                    ));
-                }
-                marking.instructions.push(Instruction::MemmapType {
-                    cell: cell.id,
-                    size_bytes: cell.size,
-                    memmap,
-                });
-            }
-            Dialect::SpMem => marking.instructions.push(Instruction::SpMem {
-                cell: cell.id,
-                size_bytes: cell.size,
-            }),
-            Dialect::None => {}
-        }
+        let resolved = resolve(target.dialect, cell.region, context, !spans_4g(ranges));
+        check_adapter(doc, target, cell, resolved.dialect, context.adapter)?;
+        mark_cell(doc, os, target, cell, ranges, resolved.dialect, &mut marking)?;
         marking.instructions.extend(dax_instruction(cell));
+        marking.dialects.push(resolved.dialect);
+        marking.warnings.extend(resolved.warning);
     }
     Ok(marking)
+}
+
+/// Adds the marking of one cell in `dialect` (resolved, never `auto`).
+fn mark_cell(
+    doc: &Document<'_>,
+    os: usize,
+    target: &Target<'_>,
+    cell: &NewCell<'_>,
+    ranges: &[GpaRange],
+    dialect: Dialect,
+    marking: &mut SpmMarking,
+) -> Result<(), RewriteError> {
+    match dialect {
+        Dialect::KernelCmdline => {
+            if doc.child(os, "kernel").is_none() {
+                return Err(unsatisfiable(
+                    doc,
+                    os,
+                    "dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect auto, memmap-type, sp-mem or none",
+                ));
+            }
+            marking.kernel_cmdline.extend(kernel_cmdline_fragments(ranges));
+        }
+        Dialect::MemmapType(memmap) => {
+            if spans_4g(ranges) {
+                return Err(unsatisfiable(
+                    doc,
+                    target.hostdev,
+                    format!(
+                        "cell {} would span the 4 GiB boundary, which memmap-type refuses; change the guest RAM size",
+                        cell.id
+                    ),
+                ));
+            }
+            marking.instructions.push(Instruction::MemmapType {
+                cell: cell.id,
+                size_bytes: cell.size,
+                memmap,
+            });
+        }
+        Dialect::SpMem => marking.instructions.push(Instruction::SpMem {
+            cell: cell.id,
+            size_bytes: cell.size,
+        }),
+        Dialect::None | Dialect::Auto => {}
+    }
+    Ok(())
+}
+
+/// Without the argv adapter (KubeVirt's virt-launcher) neither the adapter's dialects nor a
+/// device-dax backing can reach QEMU: refuse, saying what to do instead.
+fn check_adapter(
+    doc: &Document<'_>,
+    target: &Target<'_>,
+    cell: &NewCell<'_>,
+    dialect: Dialect,
+    adapter: bool,
+) -> Result<(), RewriteError> {
+    if adapter {
+        return Ok(());
+    }
+    if needs_adapter(dialect) {
+        return Err(unsatisfiable(
+            doc,
+            target.hostdev,
+            format!(
+                "dialect {dialect} is applied by the QEMU argv adapter, which this QEMU runs without (KubeVirt's virt-launcher); use dialect auto, kernel-cmdline (direct kernel boot) or none"
+            ),
+        ));
+    }
+    match (&cell.region.dax, cell.region.online) {
+        (Some(dax), false) => Err(unsatisfiable(doc, target.hostdev, devdax_only(cell.region, dax))),
+        _ => Ok(()),
+    }
+}
+
+/// The refusal for a region only reachable through device-dax, with the host-side fix.
+fn devdax_only(region: &Region, dax: &str) -> String {
+    let name = dax.rsplit('/').next().unwrap_or(dax);
+    let node = region
+        .host_node
+        .map_or_else(|| "its NUMA node".to_string(), |node| format!("host NUMA node {node}"));
+    format!(
+        "region {} is reachable only through the device-dax device {dax}, and this QEMU runs without the argv adapter that maps it (KubeVirt's virt-launcher); on the host run `daxctl reconfigure-device --mode=system-ram {name}` (onlines the HBM as movable memory of {node}), then the cell is bound to that node",
+        region.id
+    )
 }
 
 /// `memmap=` for each guest range of a cell (sizes as the kernel's `memparse` reads them).
@@ -126,12 +195,12 @@ pub(crate) fn dax_instruction(cell: &NewCell<'_>) -> Option<Instruction> {
 pub(crate) fn emulator_change(
     doc: &Document<'_>,
     devices: usize,
-    adapter_path: &str,
+    adapter_path: Option<&str>,
     instructions: &[Instruction],
 ) -> EmulatorChange {
-    if instructions.is_empty() {
+    let Some(adapter_path) = adapter_path.filter(|_| !instructions.is_empty()) else {
         return EmulatorChange::Unchanged;
-    }
+    };
     match doc.child(devices, "emulator") {
         Some(emulator) if doc.text(emulator) == adapter_path => EmulatorChange::Unchanged,
         Some(emulator) => EmulatorChange::Set(emulator),
@@ -185,12 +254,15 @@ mod tests {
             1,
             &[target(Dialect::KernelCmdline, cells)],
             &[vec![range(10 * GIB, GIB)]],
+            &RewriteOptions::default(),
         );
         assert_eq!(
             marking,
             Ok(SpmMarking {
                 kernel_cmdline: vec!["memmap=1G%10G-1+0xefffffff".into()],
                 instructions: vec![],
+                dialects: vec![Dialect::KernelCmdline],
+                warnings: vec![],
             })
         );
     }
@@ -204,7 +276,14 @@ mod tests {
             size: GIB,
             region: &hbm,
         }];
-        let err = spm_marking(&doc, 1, &[target(Dialect::KernelCmdline, cells)], &[vec![]]).unwrap_err();
+        let err = spm_marking(
+            &doc,
+            1,
+            &[target(Dialect::KernelCmdline, cells)],
+            &[vec![]],
+            &RewriteOptions::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("needs direct kernel boot"));
     }
 
@@ -223,7 +302,14 @@ mod tests {
             size: GIB,
             region: &hbm,
         }];
-        let marking = spm_marking(&doc, 1, &[target(dialect, cells)], &[vec![range(FOUR_GIB, GIB)]]).unwrap();
+        let marking = spm_marking(
+            &doc,
+            1,
+            &[target(dialect, cells)],
+            &[vec![range(FOUR_GIB, GIB)]],
+            &RewriteOptions::default(),
+        )
+        .unwrap();
         assert_eq!(
             marking.instructions,
             vec![Instruction::MemmapType {
@@ -232,6 +318,118 @@ mod tests {
                 memmap: MemmapType::Reserved
             }]
         );
+    }
+
+    fn no_adapter() -> RewriteOptions {
+        RewriteOptions {
+            adapter_path: None,
+            ..RewriteOptions::default()
+        }
+    }
+
+    #[test]
+    fn without_the_adapter_a_devdax_only_region_is_refused_with_the_daxctl_fix() {
+        let doc = Document::parse("<domain><os/><devices><hostdev/></devices></domain>").unwrap();
+        let dax = Region {
+            online: false,
+            dax: Some("/dev/dax1.0".into()),
+            ..region(GPU, 3, GIB)
+        };
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &dax,
+        }];
+        let hostdev = target(Dialect::Auto, cells);
+        let err = spm_marking(&doc, 1, &[hostdev], &[vec![range(4 * GIB, GIB)]], &no_adapter()).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "domain XML line 1: <domain>: cannot satisfy: region 0000:41:00.0/node3 is reachable only through the device-dax device /dev/dax1.0, and this QEMU runs without the argv adapter that maps it (KubeVirt's virt-launcher); on the host run `daxctl reconfigure-device --mode=system-ram dax1.0` (onlines the HBM as movable memory of host NUMA node 3), then the cell is bound to that node"
+        );
+    }
+
+    #[test]
+    fn without_the_adapter_the_adapter_dialects_are_refused() {
+        let doc = Document::parse("<domain><os/></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &hbm,
+        }];
+        let err = spm_marking(
+            &doc,
+            1,
+            &[target(Dialect::SpMem, cells)],
+            &[vec![range(4 * GIB, GIB)]],
+            &no_adapter(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dialect sp-mem is applied by the QEMU argv adapter, which this QEMU runs without"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn auto_on_a_disk_boot_without_adapter_binds_an_online_region_unmarked_and_warns() {
+        let doc = Document::parse("<domain><os/></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &hbm,
+        }];
+        let marking = spm_marking(
+            &doc,
+            1,
+            &[target(Dialect::Auto, cells)],
+            &[vec![range(4 * GIB, GIB)]],
+            &no_adapter(),
+        )
+        .unwrap();
+        assert_eq!(marking.dialects, vec![Dialect::None]);
+        assert_eq!(marking.instructions, vec![]);
+        assert_eq!(marking.kernel_cmdline, Vec::<String>::new());
+        assert_eq!(marking.warnings.len(), 1);
+        assert!(marking.warnings[0].starts_with("warning: region 0000:41:00.0/node2 is Specific Purpose Memory"));
+    }
+
+    #[test]
+    fn auto_through_the_adapter_uses_what_the_qemu_speaks() {
+        let doc = Document::parse("<domain><os/></domain>").unwrap();
+        let hbm = region(GPU, 2, GIB);
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: &hbm,
+        }];
+        let options = RewriteOptions {
+            qemu_spm: crate::SpmSupport {
+                sp_mem: true,
+                memmap_type: false,
+            },
+            ..RewriteOptions::default()
+        };
+        let marking = spm_marking(
+            &doc,
+            1,
+            &[target(Dialect::Auto, cells)],
+            &[vec![range(4 * GIB, GIB)]],
+            &options,
+        )
+        .unwrap();
+        assert_eq!(marking.dialects, vec![Dialect::SpMem]);
+        assert_eq!(
+            marking.instructions,
+            vec![Instruction::SpMem {
+                cell: 1,
+                size_bytes: GIB
+            }]
+        );
+        assert_eq!(marking.warnings, Vec::<String>::new());
     }
 
     #[test]
@@ -273,13 +471,13 @@ mod tests {
             size_bytes: GIB,
         }];
         let doc = Document::parse("<devices><emulator>/usr/bin/qemu</emulator></devices>").unwrap();
-        assert_eq!(emulator_change(&doc, 0, "/a", &[]), EmulatorChange::Unchanged);
-        assert_eq!(emulator_change(&doc, 0, "/a", &sp_mem), EmulatorChange::Set(1));
+        assert_eq!(emulator_change(&doc, 0, Some("/a"), &[]), EmulatorChange::Unchanged);
+        assert_eq!(emulator_change(&doc, 0, Some("/a"), &sp_mem), EmulatorChange::Set(1));
         assert_eq!(
-            emulator_change(&doc, 0, "/usr/bin/qemu", &sp_mem),
+            emulator_change(&doc, 0, Some("/usr/bin/qemu"), &sp_mem),
             EmulatorChange::Unchanged
         );
         let doc = Document::parse("<devices/>").unwrap();
-        assert_eq!(emulator_change(&doc, 0, "/a", &sp_mem), EmulatorChange::Add);
+        assert_eq!(emulator_change(&doc, 0, Some("/a"), &sp_mem), EmulatorChange::Add);
     }
 }

@@ -1,7 +1,7 @@
 //! The human summary of a plan (`Rewritten::summary`): one line per change, in the order the
 //! changes appear in the definition.
 
-use crate::instructions;
+use crate::{Dialect, instructions};
 
 use super::aliases::AliasChange;
 use super::buses::Placement;
@@ -29,8 +29,9 @@ impl Plan<'_> {
         if self.acpi_feature != AcpiFeature::Present {
             lines.push("<features><acpi/> added (the pxb's _PXM needs ACPI)".into());
         }
+        let mut dialects = self.marking.dialects.iter();
         for target in &self.targets {
-            lines.extend(self.target_lines(target));
+            lines.extend(self.target_lines(target, &mut dialects));
         }
         lines.extend(self.generic_initiators.iter().map(|initiator| {
             if initiator.present {
@@ -49,12 +50,19 @@ impl Plan<'_> {
                 self.marking.kernel_cmdline.join(" ")
             ));
         }
+        lines.extend(self.marking.warnings.iter().cloned());
         lines
     }
 
-    /// A GPU's cells, expander, alias and native Generic Initiator.
-    fn target_lines(&self, target: &Target<'_>) -> Vec<String> {
-        let mut lines: Vec<String> = target.cells.iter().map(|cell| cell_line(target, cell)).collect();
+    /// A GPU's cells (taking their dialects from `dialects`), expander, alias and native Generic
+    /// Initiator.
+    fn target_lines<'d>(&self, target: &Target<'_>, dialects: &mut impl Iterator<Item = &'d Dialect>) -> Vec<String> {
+        let mut lines: Vec<String> = target
+            .cells
+            .iter()
+            .zip(dialects)
+            .map(|(cell, dialect)| cell_line(target, cell, *dialect))
+            .collect();
         let first = target.first_cell_id();
         lines.push(match target.placement {
             Placement::Reuse { index, .. } => {
@@ -100,21 +108,22 @@ impl Plan<'_> {
     }
 }
 
-/// `cell K: SIZE CPU-less for GPU .. region .. (where), dialect`.
-fn cell_line(target: &Target<'_>, cell: &NewCell<'_>) -> String {
+/// `cell K: SIZE CPU-less for GPU .. region .. (where), dialect D` (`(auto)` after a dialect
+/// that `auto` chose).
+fn cell_line(target: &Target<'_>, cell: &NewCell<'_>, dialect: Dialect) -> String {
     let region = cell.region;
     let backing = match (region.online, region.host_node, &region.dax) {
         (true, Some(node), _) => format!("host node {node}"),
         (_, _, Some(dax)) => format!("dax {dax}"),
         _ => "host".to_string(),
     };
+    let chosen = if target.dialect == Dialect::Auto { " (auto)" } else { "" };
     format!(
-        "cell {}: {} CPU-less for GPU {} region {} ({backing}), {}",
+        "cell {}: {} CPU-less for GPU {} region {} ({backing}), {dialect}{chosen}",
         cell.id,
         gib(cell.size),
         target.addr,
         region.id,
-        target.dialect
     )
 }
 

@@ -45,7 +45,7 @@ fn one_gpu_on_a_domain_without_numa() {
     let target = &plan.targets[0];
     assert_eq!(
         (target.addr, target.dialect, target.alias.as_str(), target.alias_change),
-        (GPU, Dialect::KernelCmdline, "ua-hbm-0000-41-00-0", AliasChange::Add)
+        (GPU, Dialect::Auto, "ua-hbm-0000-41-00-0", AliasChange::Add)
     );
     assert_eq!(
         target.placement,
@@ -74,7 +74,7 @@ fn one_gpu_on_a_domain_without_numa() {
         vec![
             "cell 0: 2 GiB with all vCPUs (the existing memory)",
             "<features><acpi/> added (the pxb's _PXM needs ACPI)",
-            "cell 1: 1 GiB CPU-less for GPU 0000:41:00.0 region 0000:41:00.0/node2 (host node 2), kernel-cmdline",
+            "cell 1: 1 GiB CPU-less for GPU 0000:41:00.0 region 0000:41:00.0/node2 (host node 2), kernel-cmdline (auto)",
             "pcie-expander-bus index 1 (busNr 254, node 1) + pcie-root-port index 2; hostdev 0000:41:00.0 moved behind it",
             "hostdev 0000:41:00.0 alias ua-hbm-0000-41-00-0 added",
             "Generic Initiator hbm-gi1 for ua-hbm-0000-41-00-0 on node 1",
@@ -90,6 +90,7 @@ fn one_gpu_on_a_domain_without_numa() {
             dax: None,
             size_bytes: GIB,
             guest_cell: 1,
+            dialect: Some(Dialect::KernelCmdline),
         }]
     );
 }
@@ -100,7 +101,7 @@ fn sp_mem_with_native_generic_initiator_needs_the_adapter_not_the_gi_objects() {
     let options = RewriteOptions {
         dialect: Dialect::SpMem,
         native_generic_initiator: true,
-        adapter_path: "/opt/hbm-qemu".into(),
+        adapter_path: Some("/opt/hbm-qemu".into()),
         ..RewriteOptions::default()
     };
     let xml = domain("\n  <features><acpi/></features>", "\n      <alias name='ua-gpu'/>");

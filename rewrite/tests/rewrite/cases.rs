@@ -100,7 +100,7 @@ fn sample_domain_on_the_sample_host_matches_the_golden_output() {
         out.summary,
         vec![
             "cell 0: 8 GiB with all vCPUs (the existing memory)",
-            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/dax1.0 (dax /dev/dax1.0), kernel-cmdline",
+            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/dax1.0 (dax /dev/dax1.0), kernel-cmdline (auto)",
             "pcie-expander-bus index 1 (busNr 254, node 1) + pcie-root-port index 2; hostdev 0000:c1:00.0 moved behind it",
             "hostdev 0000:c1:00.0 alias ua-hbm-0000-c1-00-0 added",
             "Generic Initiator hbm-gi1 for ua-hbm-0000-c1-00-0 on node 1",
@@ -198,7 +198,7 @@ fn kernel_cmdline_needs_direct_kernel_boot() {
     assert_eq!(code, 3);
     assert_eq!(
         message,
-        "domain XML line 5: <os>: cannot satisfy: dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect memmap-type, sp-mem or none"
+        "domain XML line 5: <os>: cannot satisfy: dialect kernel-cmdline needs direct kernel boot (<os><kernel>); use dialect auto, memmap-type, sp-mem or none"
     );
 }
 
@@ -228,7 +228,7 @@ fn memmap_type_and_sp_mem_record_adapter_instructions() {
     );
 
     let mut o = opts(Dialect::SpMem);
-    o.adapter_path = "/opt/hbm/bin/hbm-qemu".into();
+    o.adapter_path = Some("/opt/hbm/bin/hbm-qemu".into());
     let out = rw(&xml, &inv, &o);
     assert!(out.xml.contains("<emulator>/opt/hbm/bin/hbm-qemu</emulator>"));
     assert!(
@@ -316,7 +316,7 @@ fn none_dialect_adds_only_the_numa_chain() {
   <metadata>
     <hbm:passthrough xmlns:hbm='https://hbm-passthrough.dev/xmlns/domain/1'>
       <hbm:applied>
-        <hbm:region id='0000:41:00.0/node5' gpu='0000:41:00.0' host-node='5' size='1073741824' cell='1'/>
+        <hbm:region id='0000:41:00.0/node5' gpu='0000:41:00.0' host-node='5' size='1073741824' cell='1' dialect='none'/>
         <hbm:undo op='remove-root-attr' name='xmlns:qemu' digest='ec5a97d9a3029edf'/>
         <hbm:undo op='restore' at='memory' raw='&lt;memory unit=&apos;MiB&apos;&gt;1024&lt;/memory&gt;'/>
         <hbm:undo op='remove' at='cpu' digest='f5a8fa190cb314c9'/>
