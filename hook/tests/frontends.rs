@@ -9,6 +9,8 @@ mod frontends {
     mod config_validation;
     mod discover_cli;
     mod doctor_hosts;
+    mod kubevirt_domain_spec;
+    mod kubevirt_round_trip;
     mod kubevirt_shim_and_socket;
     mod kubevirt_sidecar;
     mod libvirt_hook_calls;

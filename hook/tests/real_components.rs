@@ -11,4 +11,5 @@ mod real_components {
     mod libvirt_corpus;
     mod libvirt_hook_real;
     mod verify_guest;
+    mod virt_launcher;
 }

@@ -4,7 +4,8 @@
 //! cargo run -p topology --features fixture --example write-fixture-host -- seed-amd-2gpu examples/hosts/seed-amd
 //! ```
 //!
-//! Presets: seed-amd, seed-amd-2gpu, grace-hopper, cxl-expander, no-hbm.
+//! Presets: seed-amd, seed-amd-2gpu, grace-hopper, cxl-expander, no-hbm, large (10,000 PCI
+//! functions over 64 NUMA nodes, the discovery benchmark's biggest tree).
 //! Exit codes: 0 written, 2 bad arguments, 1 write failed.
 
 use std::path::Path;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         "grace-hopper" => fixture::grace_hopper(),
         "cxl-expander" => fixture::cxl_expander(),
         "no-hbm" => fixture::no_hbm(),
+        "large" => fixture::large_host(10_000, 64),
         other => {
             eprintln!(
                 "write-fixture-host: unknown preset {other:?}; use one of {}",
@@ -49,4 +51,11 @@ fn main() -> ExitCode {
     }
 }
 
-const PRESETS: [&str; 5] = ["seed-amd", "seed-amd-2gpu", "grace-hopper", "cxl-expander", "no-hbm"];
+const PRESETS: [&str; 6] = [
+    "seed-amd",
+    "seed-amd-2gpu",
+    "grace-hopper",
+    "cxl-expander",
+    "no-hbm",
+    "large",
+];

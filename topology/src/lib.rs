@@ -140,6 +140,7 @@ pub fn discover(root: &Path, config: &DiscoveryConfig) -> Result<Inventory, Disc
     for w in [&pci.warnings, &nodes.warnings, &dax.warnings, &nvidia.warnings] {
         warnings.extend(w.iter().cloned());
     }
+    let initiator_devices = merge::initiator_devices(&fs, &pci, srat.as_ref());
     let facts = merge::Facts {
         pci,
         nodes,
@@ -148,6 +149,7 @@ pub fn discover(root: &Path, config: &DiscoveryConfig) -> Result<Inventory, Disc
         srat,
         iomem,
         memmap,
+        initiator_devices,
     };
     let regions = merge::regions(&fs, config, &facts, &mut warnings);
     let gpus = inventory_gpus(&facts);

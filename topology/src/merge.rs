@@ -30,6 +30,20 @@ pub(crate) struct Facts {
     pub srat: Option<Srat>,
     pub iomem: Option<Iomem>,
     pub memmap: Vec<MemmapEntry>,
+    /// `(function, PXM)` of each enabled SRAT Generic Initiator naming a PCI function
+    /// ([`initiator_devices`]).
+    pub initiator_devices: Vec<(PciAddress, u32)>,
+}
+
+/// The PCI function and PXM of each enabled, non-port SRAT Generic Initiator, its handle
+/// resolved against the functions present.
+pub(crate) fn initiator_devices(fs: &Sysfs, pci: &PciScan, srat: Option<&Srat>) -> Vec<(PciAddress, u32)> {
+    let Some(srat) = srat else { return Vec::new() };
+    srat.initiators
+        .iter()
+        .filter(|gi| gi.enabled && !gi.port)
+        .map(|gi| (gi.resolve(|address| pci.is_present(fs, address)), gi.pxm))
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -71,10 +85,12 @@ impl Claim {
 fn gpu_nodes(g: &PciGpu, facts: &Facts) -> BTreeSet<u32> {
     let mut s: BTreeSet<u32> = g.numa_node.into_iter().collect();
     if let Some(srat) = &facts.srat {
-        for gi in srat.initiators.iter().filter(|gi| gi.enabled && !gi.port) {
-            if gi.resolve(&facts.pci.present) == g.address {
-                s.extend(srat.node_of(gi.pxm));
-            }
+        for (_, pxm) in facts
+            .initiator_devices
+            .iter()
+            .filter(|(device, _)| *device == g.address)
+        {
+            s.extend(srat.node_of(*pxm));
         }
     }
     s

@@ -4,13 +4,18 @@
 //!
 //! When `proc/bus/pci/devices` is there, one read of it gives every function's vendor, and
 //! `class` is opened only for functions of a [`GPU_VENDORS`] vendor and for configured GPUs: a
-//! host's NVMe drives, NICs and bridges cost no syscall. Without it (some containers, snapshots)
-//! every function's `class` is read.
+//! host's NVMe drives, NICs and bridges cost no syscall. The file names no PCI domain; the
+//! (domain, bus) pairs of `sys/class/pci_bus` supply them, so with both files the candidates are
+//! addressed directly and `sys/bus/pci/devices` (one entry per function, the costly part of a
+//! big host's scan) is not listed. Without them (some containers, snapshots) the folder is
+//! listed, and without `proc/bus/pci/devices` every function's `class` is read.
 
 use crate::PciAddress;
 use crate::sysfs::{ListError, Sysfs, SysfsError, cut, parse_cpumask, parse_hex, parse_list};
 
 const DEVICES: &str = "sys/bus/pci/devices";
+/// One entry `DDDD:BB` per PCI bus.
+const BUSES: &str = "sys/class/pci_bus";
 /// One line per function: `BBDF\tVVVVDDDD\t...` (bus, devfn, vendor, device; no domain).
 const PROC_DEVICES: &str = "proc/bus/pci/devices";
 
@@ -40,9 +45,21 @@ pub struct PciGpu {
 #[derive(Clone, Debug, Default)]
 pub struct PciScan {
     pub gpus: Vec<PciGpu>,
-    /// Every function address present (GPU or not), for matching SRAT handles and config.
-    pub present: Vec<PciAddress>,
+    /// Every function address present (GPU or not) when `sys/bus/pci/devices` was listed;
+    /// `None` when the candidates were addressed directly (see [`PciScan::is_present`]).
+    pub listed: Option<Vec<PciAddress>>,
     pub warnings: Vec<String>,
+}
+
+impl PciScan {
+    /// Whether the function `address` exists (for matching SRAT handles): from the listing, or
+    /// one lookup of its folder.
+    pub fn is_present(&self, fs: &Sysfs, address: PciAddress) -> bool {
+        match &self.listed {
+            Some(listed) => listed.contains(&address),
+            None => fs.exists(&format!("{DEVICES}/{address}")),
+        }
+    }
 }
 
 /// Whether a 24-bit class code is GPU-like.
@@ -55,48 +72,96 @@ pub fn is_gpu_class(class: u32) -> bool {
 /// cannot be listed is an error (an empty scan would report every GPU gone).
 pub fn scan(fs: &Sysfs, configured: &[PciAddress]) -> Result<PciScan, SysfsError> {
     let mut out = PciScan::default();
-    let names = match fs.list_dir(DEVICES) {
-        Ok(n) => n,
-        Err(e) if e.is_missing() => return Ok(out),
-        Err(e) => return Err(e),
-    };
     let vendors = VendorMap::read(fs);
-    for name in names {
-        let Ok(address) = PciAddress::parse(&name) else {
-            out.warnings.push(format!(
-                "{}/{name}: not a PCI address, skipped",
-                fs.path(DEVICES).display()
-            ));
-            continue;
-        };
-        out.present.push(address);
+    let addresses = match vendors.as_ref().zip(bus_domains(fs)) {
+        Some((map, buses)) => {
+            match fs.check_dir(DEVICES) {
+                Err(e) if e.is_missing() => return Ok(out),
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            map.candidates(&buses, configured)
+        }
+        None => {
+            let Some(listed) = list_functions(fs, &mut out.warnings)? else {
+                return Ok(out);
+            };
+            out.listed = Some(listed.clone());
+            listed
+        }
+    };
+    for address in addresses {
         if !configured.contains(&address) && vendors.as_ref().is_some_and(|map| !map.may_be_gpu(address)) {
             continue;
         }
-        let base = format!("{DEVICES}/{name}");
-        let class = match fs.read_value(&format!("{base}/class")) {
-            Ok(v) => v,
-            // A function that vanished between listing and reading, or a dangling link.
-            Err(e) if e.is_missing() => continue,
-            Err(e) => {
-                out.warnings.push(format!("{e}; function skipped"));
-                continue;
-            }
-        };
-        let Some(class_code) = parse_hex(&class).filter(|c| *c <= 0xff_ffff) else {
-            out.warnings.push(format!(
-                "{}/class: {class:?} is not a class code; function skipped",
-                fs.path(&base).display()
-            ));
-            continue;
-        };
-        if !is_gpu_class(class_code as u32) {
-            continue;
+        if let Some(gpu) = read_if_gpu(fs, address, &mut out.warnings) {
+            out.gpus.push(gpu);
         }
-        out.gpus
-            .push(read_gpu(fs, &base, address, class_code as u32, &mut out.warnings));
     }
     Ok(out)
+}
+
+/// Every function in `sys/bus/pci/devices`, in address order; `None` when the folder is
+/// missing (no PCI at all).
+fn list_functions(fs: &Sysfs, warnings: &mut Vec<String>) -> Result<Option<Vec<PciAddress>>, SysfsError> {
+    let names = match fs.list_dir(DEVICES) {
+        Ok(n) => n,
+        Err(e) if e.is_missing() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut addresses = Vec::with_capacity(names.len());
+    for name in names {
+        match PciAddress::parse(&name) {
+            Ok(address) => addresses.push(address),
+            Err(_) => warnings.push(format!(
+                "{}/{name}: not a PCI address, skipped",
+                fs.path(DEVICES).display()
+            )),
+        }
+    }
+    Ok(Some(addresses))
+}
+
+/// The (domain, bus) pairs of `sys/class/pci_bus`, sorted; `None` when the folder is absent
+/// or holds an entry that is not `DDDD:BB` (the functions are listed then).
+fn bus_domains(fs: &Sysfs) -> Option<Vec<(u16, u8)>> {
+    let names = fs.list_dir(BUSES).ok()?;
+    let mut buses = Vec::with_capacity(names.len());
+    for name in names {
+        let (domain, bus) = name.split_once(':')?;
+        let domain = u16::from_str_radix(domain, 16).ok().filter(|_| domain.len() == 4)?;
+        let bus = u8::from_str_radix(bus, 16).ok().filter(|_| bus.len() == 2)?;
+        buses.push((domain, bus));
+    }
+    buses.sort_unstable();
+    Some(buses)
+}
+
+/// The GPU at `address`, or `None` when it is not GPU-like, vanished or has a bad `class`
+/// (noted in `warnings`).
+fn read_if_gpu(fs: &Sysfs, address: PciAddress, warnings: &mut Vec<String>) -> Option<PciGpu> {
+    let base = format!("{DEVICES}/{address}");
+    let class = match fs.read_value(&format!("{base}/class")) {
+        Ok(v) => v,
+        // A function that vanished between listing and reading, a dangling link, or a candidate
+        // (bus, devfn) in a domain that does not have it.
+        Err(e) if e.is_missing() => return None,
+        Err(e) => {
+            warnings.push(format!("{e}; function skipped"));
+            return None;
+        }
+    };
+    let Some(class_code) = parse_hex(&class).filter(|c| *c <= 0xff_ffff) else {
+        warnings.push(format!(
+            "{}/class: {class:?} is not a class code; function skipped",
+            fs.path(&base).display()
+        ));
+        return None;
+    };
+    if !is_gpu_class(class_code as u32) {
+        return None;
+    }
+    Some(read_gpu(fs, &base, address, class_code as u32, warnings))
 }
 
 /// What `proc/bus/pci/devices` says about each (bus, devfn): no function there, only functions
@@ -136,6 +201,23 @@ impl VendorMap {
             }
         }
         Some(Self { seen })
+    }
+
+    /// The functions whose `class` must be read, addressed in every domain that has their bus,
+    /// plus the configured GPUs; in address order.
+    fn candidates(&self, buses: &[(u16, u8)], configured: &[PciAddress]) -> Vec<PciAddress> {
+        let mut addresses: Vec<PciAddress> = buses
+            .iter()
+            .flat_map(|&(domain, bus)| {
+                (0..=u8::MAX)
+                    .filter(move |&devfn| self.seen[usize::from(bus) << 8 | usize::from(devfn)] == Seen::Candidate)
+                    .map(move |devfn| PciAddress::new(domain, bus, devfn >> 3, devfn & 7))
+            })
+            .chain(configured.iter().copied())
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        addresses
     }
 
     /// Whether the function at `address` needs its `class` read: a candidate vendor, or not

@@ -88,9 +88,9 @@ impl GenericInitiator {
 
     /// The PCI function this entry names, given the functions present: spec order when that
     /// function exists, else the devfn-first reading when that one exists, else spec order.
-    pub fn resolve(&self, present: &[PciAddress]) -> PciAddress {
+    pub fn resolve(&self, is_present: impl Fn(PciAddress) -> bool) -> PciAddress {
         let [spec, swapped] = self.candidates();
-        if present.contains(&spec) || !present.contains(&swapped) {
+        if is_present(spec) || !is_present(swapped) {
             spec
         } else {
             swapped

@@ -192,6 +192,14 @@ impl Sysfs {
     }
 
     /// Entry names of the folder `rel`, sorted; a missing folder is `Missing`.
+    /// Opens the folder `rel` without listing it: the error `list_dir` would give, for the
+    /// price of an open.
+    pub fn check_dir(&self, rel: &str) -> Result<(), SysfsError> {
+        fs::read_dir(self.path(rel))
+            .map(drop)
+            .map_err(|e| self.io_error(rel, e))
+    }
+
     pub fn list_dir(&self, rel: &str) -> Result<Vec<String>, SysfsError> {
         let rd = fs::read_dir(self.path(rel)).map_err(|e| self.io_error(rel, e))?;
         let mut names = Vec::new();

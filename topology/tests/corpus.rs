@@ -157,7 +157,10 @@ fn emulated_host_srat_maps_pxm_the_way_the_kernel_did() {
     assert_eq!(s.processor_pxms, vec![0, 2]);
     assert_eq!(s.initiators.len(), 1);
     assert_eq!(s.initiators[0].pxm, 1);
-    assert_eq!(s.initiators[0].resolve(&[pci("0000:d9:00.0")]), pci("0000:d9:00.0"));
+    assert_eq!(
+        s.initiators[0].resolve(|address| address == pci("0000:d9:00.0")),
+        pci("0000:d9:00.0")
+    );
     let hbm: Vec<_> = s.memory.iter().filter(|m| m.pxm == 1).collect();
     assert_eq!(hbm.len(), 1);
     assert_eq!(

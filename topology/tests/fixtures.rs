@@ -170,7 +170,7 @@ fn committed_sample_host_equals_the_generator_output() {
         missing.is_empty() && extra.is_empty() && differ.is_empty(),
         "missing {missing:?} extra {extra:?} differ {differ:?}"
     );
-    assert_eq!(want.len(), 99);
+    assert_eq!(want.len(), 102);
 }
 
 #[test]
@@ -505,4 +505,44 @@ fn proc_bus_pci_devices_names_no_domain_so_a_slot_shared_across_domains_is_read(
     let gpus: Vec<String> = inv.gpus.iter().map(|g| g.address.to_string()).collect();
     assert_eq!(gpus, ["0000:c1:00.0"]);
     assert_eq!(ids(&inv), ["0000:c1:00.0/dax0.0"]);
+}
+
+/// With `proc/bus/pci/devices` and `sys/class/pci_bus` the GPU candidates are addressed
+/// directly: `sys/bus/pci/devices` is not listed (its odd entry draws no warning); without
+/// `sys/class/pci_bus` the folder is listed (the warning appears) and the GPUs are the same.
+#[test]
+fn gpu_candidates_are_addressed_through_pci_bus_without_listing_every_function() {
+    let d = write(&fixture::seed_amd_2gpu());
+    fs::create_dir(d.path().join("sys/bus/pci/devices/not-an-address")).unwrap();
+    let addressed = run(d.path());
+    assert!(
+        !addressed.warnings.iter().any(|w| w.contains("not-an-address")),
+        "{:?}",
+        addressed.warnings
+    );
+    fs::remove_dir_all(d.path().join("sys/class/pci_bus")).unwrap();
+    let listed = run(d.path());
+    let odd = format!(
+        "{}/not-an-address: not a PCI address, skipped",
+        d.path().join("sys/bus/pci/devices").display()
+    );
+    assert!(listed.warnings.contains(&odd), "{:?}", listed.warnings);
+    assert_eq!(addressed.gpus, listed.gpus);
+    assert_eq!(addressed.regions, listed.regions);
+    assert_eq!(addressed.gpus.len(), 2);
+}
+
+/// `proc/bus/pci/devices` names no domain: a candidate (bus, devfn) is tried in every domain
+/// that has the bus, and the domain without the function is skipped silently.
+#[test]
+fn a_gpu_in_a_second_pci_domain_is_found_by_its_bus() {
+    let gpu = pci("0001:c1:00.0");
+    let host = FixtureHost::new()
+        .cpu_node(0, "0-7", 16 << 30)
+        .pci(PciFunction::other(pci("0000:c1:00.0")))
+        .gpu("0001:c1:00.0", 0x1002, 0x74a1, Some("vfio-pci"), Some(7), Some(0));
+    let d = write(&host);
+    let inventory = run(d.path());
+    assert_eq!(inventory.gpus.iter().map(|g| g.address).collect::<Vec<_>>(), vec![gpu]);
+    assert_eq!(inventory.warnings, Vec::<String>::new());
 }

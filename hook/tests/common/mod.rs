@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod domain_spec;
 pub mod domain_xml;
 pub mod guest;
 pub mod hbm_chain;
 pub mod inventory;
 pub mod kubevirt;
+pub mod kubevirt_round_trip;
 pub mod libvirt;
 pub mod libvirt_hook;
 pub mod qemu;
