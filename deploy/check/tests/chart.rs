@@ -753,6 +753,16 @@ fn notes_say_how_to_list_resources_wire_kubevirt_and_annotate_a_vm() {
         text.contains("kubectl get nodes -l gpu.example.invalid/hbm.present=true"),
         "{text}"
     );
+    // Another default dialect is named as such.
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "The sidecar's default dialect is sp-mem (auto would work for any boot method);"),
+        "{text}"
+    );
+    // In mode dra: the selector for GPUs whose HBM KubeVirt can use, in the driver's domain.
+    let text = notes(Some("charts/hbm-passthrough/ci/dra-values.yaml"));
+    let selector = r#"selectors: [{cel: {expression: 'device.attributes["gpu.example.invalid"].kubevirtUsable'}}]"#;
+    assert!(text.lines().any(|l| l.trim() == selector), "{text}");
 }
 
 /// Every property path the schema defines (`a/b`, `a/[]/c` inside array items), `global` aside.
