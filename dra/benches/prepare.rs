@@ -2,7 +2,7 @@
 //! kubelet and API-server stand-ins of the tests:
 //! - NodePrepareResources of a one-GPU claim over the unix socket (one connection, as the kubelet
 //!   keeps it), p50/p99/max of 1,000 calls (each a fresh claim: GET from the API stand-in, health
-//!   re-measure, metadata file, CDI spec and checkpoint written durably; target p99 < 5 ms), each
+//!   re-measure, metadata file and CDI spec written, checkpoint written durably; target p99 < 5 ms), each
 //!   followed by its unprepare; once with the files in the temp dir (fsync reaches the disk) and
 //!   once on /dev/shm (fsync is free there: the driver's own cost);
 //! - the real binary: time from process start to a GetInfo answer on the registration socket

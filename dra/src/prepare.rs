@@ -2,10 +2,17 @@
 //! of the request (a claim's failure is its own `error`, never the call's).
 //!
 //! Prepare of a claim: answered from the checkpoint when it is prepared and its files are all in
-//! place; else GET the claim (UID checked), keep this driver's results, check each device is this
-//! node's, known, measured healthy now, and not prepared for another claim; write the metadata
-//! file of each request and the claim's CDI spec, then the checkpoint. Unprepare
-//! removes exactly the files and folders the checkpoint lists, then the entry.
+//! place (present and not empty); else GET the claim (UID checked), keep this driver's results,
+//! check each device is this node's, known, measured healthy now, and not prepared for another
+//! claim; write the metadata file of each request and the claim's CDI spec, then the checkpoint.
+//! Unprepare removes exactly the files and folders the checkpoint lists, then the entry.
+//!
+//! Only the checkpoint is written durably (fsync of the file and its folder): it is what a
+//! restarted driver trusts. The metadata files and the CDI spec are written atomically but not
+//! synced: the runtime reads them right after the call (the page cache serves it), the CDI
+//! folder is usually tmpfs anyway, and a file that a power loss takes or truncates is written
+//! again by the kubelet's next prepare of the claim, since a prepared claim with a missing or
+//! empty file is prepared again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -143,7 +150,7 @@ impl Preparer {
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let previous = checkpoint.claims.get(&claim.uid);
         if let Some(prepared) = previous
-            && prepared.files.iter().all(|file| file.exists())
+            && prepared.files.iter().all(|file| in_place(file))
         {
             return Ok(prepared.devices.clone());
         }
@@ -298,7 +305,7 @@ impl Preparer {
         })?;
         files.push((path, text));
         prepared.files.extend(files.iter().map(|(path, _)| path.clone()));
-        write_all_durably(&files)
+        write_all_visibly(&files)
     }
 
     /// The claim's CDI spec (see [`crate::cdi`]).
@@ -394,7 +401,13 @@ fn by_request(allocated: &[Allocated]) -> BTreeMap<String, Vec<&NodeDevice>> {
     groups
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PrepareError> {
+/// Whether a file prepare wrote is still there with content (a power loss can leave an
+/// unsynced file missing or empty).
+fn in_place(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.len() > 0)
+}
+
+fn write_visibly(path: &Path, bytes: &[u8]) -> Result<(), PrepareError> {
     let fail = |source| PrepareError::Write {
         path: path.to_path_buf(),
         source,
@@ -402,16 +415,15 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PrepareError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    hbm_shell::write_atomically(path, bytes, hbm_shell::Durability::Durable).map_err(fail)
+    hbm_shell::write_atomically(path, bytes, hbm_shell::Durability::Visible).map_err(fail)
 }
 
-/// Writes every file durably, in order (the first error stops; the caller removes whatever was
-/// written). Threads that overlap the fsyncs were measured: no gain on a loaded disk, and a loss
-/// on tmpfs, where `/var/run/cdi` usually lives.
-fn write_all_durably(files: &[(PathBuf, String)]) -> Result<(), PrepareError> {
+/// Writes every file atomically, in order (the first error stops; the caller removes whatever
+/// was written). Not synced: see the module comment.
+fn write_all_visibly(files: &[(PathBuf, String)]) -> Result<(), PrepareError> {
     files
         .iter()
-        .try_for_each(|(path, text)| write_durably(path, text.as_bytes()))
+        .try_for_each(|(path, text)| write_visibly(path, text.as_bytes()))
 }
 
 /// Best-effort removal of what a failed prepare wrote.

@@ -316,6 +316,12 @@ async fn a_driver_restart_between_prepare_and_unprepare_keeps_the_claim() {
     let rewritten = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     assert_eq!(rewritten, first);
     assert_eq!(read_json(&metadata)["metadata"]["generation"], 2);
+    // So is one a power loss left empty (the metadata files and CDI spec are not synced).
+    std::fs::write(&metadata, "").unwrap();
+    let refilled = kubelet::prepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
+    assert_eq!(refilled, first);
+    assert_eq!(read_json(&metadata)["metadata"]["generation"], 3);
+    assert_eq!(claim_gets(&api), 3, "each rewrite GETs the claim again");
 
     let errors = kubelet::unprepare(&host.settings.dra_socket(), vec![claim("vms", "c", "uid-1")]).await;
     assert_eq!(errors["uid-1"], "");

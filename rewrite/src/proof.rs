@@ -107,12 +107,24 @@ fn start_tag_digest(doc: &Document<'_>, idx: usize) -> u64 {
 pub(crate) fn digest_of(doc: &Document<'_>, op: &UndoOp) -> Option<u64> {
     match op {
         UndoOp::Remove { at, .. } => resolve(doc, at, true).map(|idx| start_tag_digest(doc, idx)),
-        UndoOp::RemoveRootAttr { name } => doc.attr_iter(doc.root).find(|attr| attr.name == name).map(|attr| {
-            let hash = fnv1a_on(fnv1a(attr.name.as_bytes()), b"=");
-            fnv1a_on(hash, attr.value().as_bytes())
-        }),
+        UndoOp::RemoveRootAttr { name } => doc
+            .attr_iter(doc.root)
+            .find(|attr| attr.name == name)
+            .map(|attr| attr_digest(attr.name, &attr.value())),
         _ => None,
     }
+}
+
+/// The digest of an attribute `name=value` (value unescaped), as a `remove-root-attr` carries.
+pub(crate) fn attr_digest(name: &str, value: &str) -> u64 {
+    fnv1a_on(fnv1a_on(fnv1a(name.as_bytes()), b"="), value.as_bytes())
+}
+
+/// The digest of the start tag of the element `xml` (an addition as the rewriter writes it),
+/// read without the rest of the definition; `None` when it does not parse on its own.
+pub(crate) fn written_digest(xml: &str) -> Option<u64> {
+    let doc = Document::parse(xml).ok()?;
+    Some(start_tag_digest(&doc, doc.root))
 }
 
 /// Refuses a record one of whose entries the document does not bear out.

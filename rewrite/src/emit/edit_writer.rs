@@ -14,6 +14,16 @@ struct AppendGroup {
     children: Vec<(String, Option<UndoOp>)>,
 }
 
+/// Where an undo op's digest comes from.
+#[derive(Clone)]
+enum DigestSource {
+    /// The op carries none.
+    None,
+    Known(u64),
+    /// The element written for the op: the digest of its start tag.
+    Written(String),
+}
+
 /// Collects edits and their undo ops. Changes of existing elements record their undo op at
 /// once; appended elements record theirs when the groups are flushed, group by group.
 #[derive(Clone)]
@@ -21,6 +31,9 @@ pub(crate) struct EditWriter<'d, 'a> {
     pub doc: &'d Document<'a>,
     edits: Edits,
     undo: Vec<UndoOp>,
+    /// Where the digest of each op of `undo` comes from (see `proof.rs`); read only when asked
+    /// for ([`EditWriter::digests`]).
+    digests: Vec<DigestSource>,
     groups: Vec<AppendGroup>,
     /// The quote character of the document's attributes.
     pub quote: char,
@@ -56,6 +69,7 @@ impl<'d, 'a> EditWriter<'d, 'a> {
             doc,
             edits: Edits::default(),
             undo: Vec::new(),
+            digests: Vec::new(),
             groups: Vec::new(),
             quote,
             indent_unit: if pretty { indent_unit } else { String::new() },
@@ -95,7 +109,38 @@ impl<'d, 'a> EditWriter<'d, 'a> {
 
     /// Records an undo op now.
     pub(crate) fn record(&mut self, op: UndoOp) {
+        self.push_undo(op, DigestSource::None);
+    }
+
+    /// Records `op` with the digest its record entry carries.
+    pub(crate) fn record_digested(&mut self, op: UndoOp, digest: u64) {
+        self.push_undo(op, DigestSource::Known(digest));
+    }
+
+    /// Names the element written for the op recorded at `position` (an addition written after
+    /// its op was recorded): the op's digest is that of its start tag.
+    pub(crate) fn set_written(&mut self, position: usize, xml: &str) {
+        if let Some(slot) = self.digests.get_mut(position) {
+            *slot = DigestSource::Written(xml.to_string());
+        }
+    }
+
+    fn push_undo(&mut self, op: UndoOp, source: DigestSource) {
         self.undo.push(op);
+        self.digests.push(source);
+    }
+
+    /// The digests of [`EditWriter::undo_ops`], in the same order: each addition's start tag
+    /// as written (read on its own), `None` for ops without a digest.
+    pub(crate) fn digests(&self) -> Vec<Option<u64>> {
+        self.digests
+            .iter()
+            .map(|source| match source {
+                DigestSource::None => None,
+                DigestSource::Known(digest) => Some(*digest),
+                DigestSource::Written(xml) => crate::proof::written_digest(xml),
+            })
+            .collect()
     }
 
     /// The undo ops recorded so far.
@@ -133,10 +178,11 @@ impl<'d, 'a> EditWriter<'d, 'a> {
             .iter()
             .any(|op| matches!(op, UndoOp::Restore { at, .. } if at == path))
         {
-            self.undo.push(UndoOp::Restore {
+            let op = UndoOp::Restore {
                 at: path.to_string(),
                 raw: self.doc.raw(idx).to_string(),
-            });
+            };
+            self.push_undo(op, DigestSource::None);
         }
         self.edits.replace(start, end, text);
     }
@@ -192,7 +238,16 @@ impl<'d, 'a> EditWriter<'d, 'a> {
             } else {
                 self.open_up(&group, text);
             }
-            self.undo.extend(group.children.into_iter().filter_map(|(_, op)| op));
+            for (xml, op) in group.children {
+                if let Some(op) = op {
+                    let source = if matches!(op, UndoOp::Remove { .. }) {
+                        DigestSource::Written(xml)
+                    } else {
+                        DigestSource::None
+                    };
+                    self.push_undo(op, source);
+                }
+            }
         }
     }
 
@@ -215,7 +270,7 @@ impl<'d, 'a> EditWriter<'d, 'a> {
             .iter()
             .any(|recorded| matches!(recorded, UndoOp::Collapse { at, .. } if *at == group.parent_path))
         {
-            self.undo.push(op);
+            self.push_undo(op, DigestSource::None);
         }
         self.edits.replace(tag_close(element), end, replacement);
     }

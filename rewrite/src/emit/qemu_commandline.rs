@@ -19,9 +19,13 @@ pub(super) fn declare_namespace(writer: &mut EditWriter<'_, '_>, plan: &Plan<'_>
         .map_or(doc.elements[doc.root].name.1, |attr| attr.end);
     let declaration = writer.attr("xmlns:qemu", QEMU_NAMESPACE);
     writer.insert(at, declaration);
-    writer.record(UndoOp::RemoveRootAttr {
-        name: "xmlns:qemu".into(),
-    });
+    let digest = crate::proof::attr_digest("xmlns:qemu", QEMU_NAMESPACE);
+    writer.record_digested(
+        UndoOp::RemoveRootAttr {
+            name: "xmlns:qemu".into(),
+        },
+        digest,
+    );
 }
 
 /// Appends `children` to `<qemu:commandline>`, or adds it with them.

@@ -47,14 +47,17 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, body: Body<'_>) {
                 let op = writer.collapse_op(metadata, "metadata");
                 writer.record(op);
             }
+            let position = writer.undo_ops().len();
             writer.record(UndoOp::Remove {
                 at: "metadata/{hbm}".into(),
                 previous: None,
             });
             let xml = our_element(writer, body);
+            writer.set_written(position, &xml);
             writer.append(metadata, "metadata", xml, String::new());
         }
         (None, None) => {
+            let position = writer.undo_ops().len();
             writer.record(UndoOp::Remove {
                 at: "metadata".into(),
                 previous: None,
@@ -70,6 +73,7 @@ pub(super) fn emit_record(writer: &mut EditWriter<'_, '_>, body: Body<'_>) {
             } else {
                 xml
             };
+            writer.set_written(position, &xml);
             writer.append(root, "", xml, String::new());
         }
     }
