@@ -39,6 +39,13 @@ impl DeviceAttribute {
         }
     }
 
+    pub fn bool(value: bool) -> Self {
+        Self {
+            bool: Some(value),
+            ..Self::default()
+        }
+    }
+
     pub fn string(value: impl Into<String>) -> Self {
         Self {
             string: Some(value.into()),

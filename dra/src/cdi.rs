@@ -3,7 +3,8 @@
 //!
 //! The spec's kind is `<driver>/gpu`; each allocated GPU is one CDI device named
 //! `<claim uid>-<device name>` whose edits give its `/dev/vfio/<group>` (or, with iommufd, its
-//! `/dev/vfio/devices/vfioN`) and each region's `/dev/daxX.Y`. The spec-wide edits (applied once
+//! `/dev/vfio/devices/vfioN`) and the `/dev/daxX.Y` of each region reachable only through it
+//! (devdax; an online region has no device node: the VM binds it by host node). The spec-wide edits (applied once
 //! any device of the claim is injected) give `/dev/vfio/vfio` (and `/dev/iommu`), the env vars
 //! `PCI_RESOURCE_<DRIVER>_<REQUEST>` and `HBM_REGIONS_<DRIVER>_<REQUEST>` per request (the device
 //! plugin's forms), and the read-only bind mounts of the device metadata files.

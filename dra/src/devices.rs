@@ -8,13 +8,15 @@
 //! nearest CPU node; left out when unknown), and in the driver's own domain (unqualified names):
 //! `vendor`, `device` (PCI ids), `model` (the resource name's part after `/` from the resource
 //! rules, e.g. `mi300x-hbm`), `hbmRegions`, `hbmNumaNodes` (comma-separated host nodes, ascending),
-//! `hbmMemmap` (`spm`, `normal`, or `mixed`), `iommuGroup` (when known). Capacity: `hbm`, the
-//! total HBM bytes as a quantity.
+//! `hbmMemmap` (`spm`, `normal`, or `mixed`), `iommuGroup` (when known), `kubevirtUsable` (bool:
+//! every region of the GPU is online in its host node, so KubeVirt's virt-launcher can back the
+//! guest cells by binding them there; a devdax region it cannot use). Capacity: `hbm`, the total
+//! HBM bytes as a quantity.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use plugin::config::ResourceRule;
-use plugin::resources::{DeviceInfo, ResourceProblem};
+use plugin::resources::{DeviceInfo, RegionInfo, ResourceProblem};
 use topology::{Inventory, Memmap, PciAddress};
 
 use crate::api::{self, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSliceSpec};
@@ -109,6 +111,10 @@ pub fn api_device(device: &NodeDevice) -> api::Device {
             DeviceAttribute::int(info.regions.len() as i64),
         ),
         ("hbmMemmap".to_string(), DeviceAttribute::string(device.memmap)),
+        (
+            "kubevirtUsable".to_string(),
+            DeviceAttribute::bool(info.regions.iter().all(RegionInfo::kubevirt_usable)),
+        ),
     ]);
     if let Some(root) = &device.pcie_root {
         attributes.insert(standard("pcieRoot"), DeviceAttribute::string(root));
@@ -199,6 +205,7 @@ mod tests {
                     "hbmRegions": {"int": 1},
                     "hbmNumaNodes": {"string": "1"},
                     "hbmMemmap": {"string": "spm"},
+                    "kubevirtUsable": {"bool": false},
                     "iommuGroup": {"int": 12}
                 },
                 "capacity": {"hbm": {"value": "64Gi"}}
@@ -229,6 +236,7 @@ mod tests {
                 "hbmMemmap",
                 "hbmNumaNodes",
                 "hbmRegions",
+                "kubevirtUsable",
                 "model",
                 "resource.kubernetes.io/pciBusID",
                 "vendor"
@@ -242,6 +250,40 @@ mod tests {
             DeviceAttribute::int(1)
         );
         assert_eq!(second.attributes["iommuGroup"], DeviceAttribute::int(56));
+    }
+
+    #[test]
+    fn kubevirt_usable_only_when_every_region_is_online() {
+        let (_dir, mut inventory) = discovered(topology::fixture::seed_amd_2gpu());
+        // 0000:41:00.0's dax0.0 reconfigured to system-ram; 0000:c1:00.0's dax1.0 stays devdax.
+        inventory.regions[0].online = true;
+        let (devices, _) = node_devices(&inventory, &[], &BTreeMap::new());
+        let usable: Vec<(&str, DeviceAttribute)> = devices
+            .iter()
+            .map(|device| {
+                (
+                    device.name.as_str(),
+                    api_device(device).attributes["kubevirtUsable"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            usable,
+            [
+                ("gpu-0000-41-00-0", DeviceAttribute::bool(true)),
+                ("gpu-0000-c1-00-0", DeviceAttribute::bool(false)),
+            ]
+        );
+        // A second, devdax region on the online GPU makes it unusable as a whole.
+        let mut second = inventory.regions[1].clone();
+        second.id = "0000:41:00.0/dax9.0".into();
+        second.gpu = inventory.regions[0].gpu;
+        inventory.regions.insert(1, second);
+        let (devices, _) = node_devices(&inventory, &[], &BTreeMap::new());
+        assert_eq!(
+            api_device(&devices[0]).attributes["kubevirtUsable"],
+            DeviceAttribute::bool(false)
+        );
     }
 
     #[test]

@@ -71,6 +71,61 @@ async fn registration_answers_get_info_with_the_dra_endpoint() {
 }
 
 #[tokio::test]
+async fn an_online_region_gets_no_dax_device_node_in_the_cdi_spec() {
+    let api = ApiServer::start().await;
+    let host = support::Host::c1_online();
+    let driver = Driver::start(&host.settings, api.client()).await;
+    api.put_claim("vms", "vm-gpu", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);
+    api.put_claim("vms", "vm-other", "uid-2", json!({}), &[("gpu", DRIVER, NODE, GPU_41)]);
+    let socket = host.settings.dra_socket();
+    let answers = kubelet::prepare(
+        &socket,
+        vec![claim("vms", "vm-gpu", "uid-1"), claim("vms", "vm-other", "uid-2")],
+    )
+    .await;
+    assert_eq!(
+        (answers["uid-1"].error.as_str(), answers["uid-2"].error.as_str()),
+        ("", "")
+    );
+    let nodes = |uid: &str| -> (Vec<String>, Vec<String>) {
+        let spec = host.cdi_spec(uid);
+        let own = spec.devices[0]
+            .container_edits
+            .device_nodes
+            .iter()
+            .map(|n| n.path.clone())
+            .collect();
+        (own, spec.container_edits.env.clone())
+    };
+    assert_eq!(
+        nodes("uid-1"),
+        (
+            vec!["/dev/vfio/56".to_string()],
+            vec![
+                "HBM_REGIONS_HBM_PASSTHROUGH_DEV_GPU=0000:c1:00.0,3,68719476736,/dev/dax1.0".to_string(),
+                "PCI_RESOURCE_HBM_PASSTHROUGH_DEV_GPU=0000:c1:00.0".to_string(),
+            ]
+        )
+    );
+    assert_eq!(nodes("uid-2").0, ["/dev/vfio/24", "/dev/dax0.0"]);
+    wait_until("the slice is published", || !api.slices().is_empty()).await;
+    let slices = api.slices();
+    let devices = slices.values().next().unwrap()["spec"]["devices"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let usable: Vec<(&str, &Value)> = devices
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), &d["attributes"]["kubevirtUsable"]))
+        .collect();
+    assert_eq!(
+        usable,
+        [(GPU_41, &json!({"bool": false})), (GPU_C1, &json!({"bool": true}))]
+    );
+    driver.stop().await;
+}
+
+#[tokio::test]
 async fn one_claim_is_prepared_once_answered_again_and_unprepared_to_nothing() {
     let (api, host, driver) = running().await;
     api.put_claim("vms", "vm-gpu", "uid-1", json!({}), &[("gpu", DRIVER, NODE, GPU_C1)]);

@@ -1,14 +1,16 @@
 //! The path a DRA-allocated GPU takes into a KubeVirt VM: the driver prepares the claim, the
 //! metadata file names the GPU's PCI address (as virt-launcher reads it), virt-launcher puts a
 //! `<hostdev>` with that address and an alias of its own into the domain, and the hook sidecar's
-//! rewriter (unchanged) gives that hostdev its HBM cell, reading the address from the XML.
+//! rewriter, with KubeVirt's defaults (dialect auto, no argv adapter), gives that hostdev its HBM
+//! cell bound to the HBM's host node when the HBM is online, and refuses a devdax-only region with
+//! the host-side fix.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use serde_json::json;
 use support::kubelet::{self, claim};
-use support::{DRIVER, GPU_C1, NODE, read_json, running};
+use support::{DRIVER, GPU_C1, NODE, read_json};
 
 /// KubeVirt's corpus definition with one GPU hostdev, its address and alias replaced by a
 /// DRA-allocated GPU's (virt-launcher names a DRA GPU `ua-gpu-<name>`).
@@ -27,9 +29,20 @@ fn dra_domain(address: &str) -> String {
     .replace("ua-hostdevice-gpu1", "ua-gpu-gpu0")
 }
 
-#[tokio::test]
-async fn a_dra_allocated_gpu_is_rewritten_by_the_unchanged_sidecar_rewriter() {
-    let (api, host, driver) = running().await;
+/// What the KubeVirt front ends rewrite with by default: dialect auto, and no argv adapter
+/// (virt-launcher runs its own QEMU).
+fn kubevirt_defaults() -> hbm_rewrite::RewriteOptions {
+    hbm_rewrite::RewriteOptions {
+        adapter_path: None,
+        ..hbm_rewrite::RewriteOptions::default()
+    }
+}
+
+/// Prepares a claim for GPU c1 on `host` and returns the domain virt-launcher would build for it
+/// (the address read from the metadata file) and the host's inventory.
+async fn prepared_domain(host: support::Host) -> (String, topology::Inventory) {
+    let api = support::apiserver::ApiServer::start().await;
+    let driver = support::Driver::start(&host.settings, api.client()).await;
     api.put_claim(
         "vms",
         "vm-1-hbm-gpu-x",
@@ -51,28 +64,63 @@ async fn a_dra_allocated_gpu_is_rewritten_by_the_unchanged_sidecar_rewriter() {
         .unwrap()
         .to_string();
     assert_eq!(address, "0000:c1:00.0");
-
-    let xml = dra_domain(&address);
     let inventory = topology::discover(&host.settings.sysfs_root, &topology::DiscoveryConfig::default()).unwrap();
-    // The corpus domain boots from a disk, so a dialect that needs no kernel command line.
-    let options = hbm_rewrite::RewriteOptions {
-        dialect: hbm_rewrite::Dialect::None,
-        ..hbm_rewrite::RewriteOptions::default()
-    };
+    (dra_domain(&address), inventory)
+}
+
+#[tokio::test]
+async fn a_dra_allocated_gpu_with_online_hbm_is_rewritten_with_kubevirts_defaults() {
+    let (xml, inventory) = prepared_domain(support::Host::c1_online()).await;
+    let options = kubevirt_defaults();
     let rewritten = hbm_rewrite::rewrite(&xml, &inventory, &options).unwrap();
     assert!(rewritten.changed, "{:?}", rewritten.summary);
     assert_eq!(
         rewritten.summary[1..4],
         [
-            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/dax1.0 (dax /dev/dax1.0), none",
+            "cell 1: 64 GiB CPU-less for GPU 0000:c1:00.0 region 0000:c1:00.0/dax1.0 (host node 3), none (auto)",
             "pcie-expander-bus index 1 (busNr 254, node 1) + pcie-root-port index 2; hostdev 0000:c1:00.0 moved behind it",
             "Generic Initiator hbm-gi1 for ua-gpu-gpu0 on node 1",
         ]
     );
+    // SPM HBM, a disk-booted guest: no marking, and a warning that says so.
+    let warnings: Vec<&String> = rewritten
+        .summary
+        .iter()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", rewritten.summary);
     let hostdevs = hbm_rewrite::pci_hostdevs(&rewritten.xml).unwrap();
     assert_eq!(hostdevs, [topology::PciAddress::parse("0000:c1:00.0").unwrap()]);
     assert!(rewritten.xml.contains("ua-gpu-gpu0"), "the hostdev keeps its alias");
     assert!(rewritten.xml.contains("pcie-expander-bus"), "{}", rewritten.xml);
+    assert!(
+        rewritten
+            .xml
+            .contains(r#"<memnode cellid="1" mode="strict" nodeset="3"/>"#),
+        "{}",
+        rewritten.xml
+    );
+    // Nothing virt-launcher lacks: no emulator change, no adapter instructions; the dax path is
+    // only in the rewriter's record, never in what QEMU gets.
+    for absent in ["<emulator>", "HBM_QEMU_INSTRUCTIONS"] {
+        assert!(!rewritten.xml.contains(absent), "{absent} in {}", rewritten.xml);
+    }
+    let dax_lines: Vec<&str> = rewritten.xml.lines().filter(|l| l.contains("/dev/dax1.0")).collect();
+    assert_eq!(dax_lines.len(), 1, "{dax_lines:?}");
+    assert!(dax_lines[0].trim_start().starts_with("<hbm:region "), "{dax_lines:?}");
     let again = hbm_rewrite::rewrite(&rewritten.xml, &inventory, &options).unwrap();
     assert!(!again.changed, "a second pass changes nothing");
+}
+
+#[tokio::test]
+async fn a_dra_allocated_gpu_with_devdax_hbm_is_refused_with_the_daxctl_fix() {
+    let (xml, inventory) = prepared_domain(support::Host::new()).await;
+    let error = hbm_rewrite::rewrite(&xml, &inventory, &kubevirt_defaults()).unwrap_err();
+    assert_eq!(error.exit_code(), 3, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("on the host run `daxctl reconfigure-device --mode=system-ram dax1.0`"),
+        "{error}"
+    );
 }

@@ -27,6 +27,7 @@ fn device_json(name: &str, bus: &str, root: &str, numa: u32, node: u32, group: u
             "hbmRegions": {"int": 1},
             "hbmNumaNodes": {"string": node.to_string()},
             "hbmMemmap": {"string": "spm"},
+            "kubevirtUsable": {"bool": false},
             "iommuGroup": {"int": group}
         },
         "capacity": {"hbm": {"value": "64Gi"}}

@@ -1,11 +1,13 @@
 //! Allocate and GetPreferredAllocation as pure functions over the devices a resource serves.
 //!
 //! Per container the response carries: `/dev/vfio/vfio`, `/dev/vfio/<group>` of every GPU, with
-//! iommufd also `/dev/iommu` and `/dev/vfio/devices/vfioN`, and every region's dax device, all
-//! `rw`; the env var `PCI_RESOURCE_<RESOURCE>` (KubeVirt's convention) with the comma-separated
+//! iommufd also `/dev/iommu` and `/dev/vfio/devices/vfioN`, and the dax device of every region
+//! that is reachable only through it (devdax), all `rw` (an online region, dax in system-ram mode
+//! or a plain node, gets no device node: the VM binds it by host node, and its `/dev/daxX.Y` does
+//! not exist); the env var `PCI_RESOURCE_<RESOURCE>` (KubeVirt's convention) with the comma-separated
 //! PCI addresses; and `HBM_REGIONS_<RESOURCE>` with the regions in the compact form
 //! `<pci address>,<host node|->,<size bytes>,<dax path|->` joined by `;`, in device then region
-//! order, e.g. `0000:c1:00.0,2,68719476736,/dev/dax0.0;0000:c2:00.0,3,68719476736,-`.
+//! order, every region whether online or not (the dax path as discovery reports it), e.g. `0000:c1:00.0,2,68719476736,/dev/dax0.0;0000:c2:00.0,3,68719476736,-`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proto::deviceplugin::v1beta1::{ContainerAllocateResponse, DeviceSpec};
 
 use crate::health::HealthRoots;
-use crate::resources::{DeviceInfo, env_suffix};
+use crate::resources::{DeviceInfo, RegionInfo, env_suffix};
 
 /// Why part of an Allocate call cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -81,10 +83,8 @@ pub fn container_response(resource: &str, devices: &[&DeviceInfo], roots: &Healt
             push("/dev/iommu".to_string());
             push(format!("/dev/vfio/devices/{cdev}"));
         }
-        for region in &device.regions {
-            if let Some(dax) = &region.dax {
-                push(dax.clone());
-            }
+        for dax in device.regions.iter().filter_map(RegionInfo::device_node) {
+            push(dax.to_string());
         }
     }
     let addresses: Vec<String> = devices.iter().map(|d| d.gpu.to_string()).collect();
@@ -161,7 +161,6 @@ pub fn preferred(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::resources::RegionInfo;
     use topology::PciAddress;
 
     fn device(addr: &str, group: u32, node: Option<u32>, peer: Option<&str>) -> DeviceInfo {
@@ -218,6 +217,43 @@ mod tests {
         assert_eq!(
             r.envs["HBM_REGIONS_AMD_COM_MI300X-HBM"],
             "0000:c1:00.0,15,1073741824,/dev/dax5.0;0000:c2:00.0,7,1073741824,-"
+        );
+    }
+
+    #[test]
+    fn online_regions_get_no_dax_device_node_but_stay_in_the_region_list() {
+        let roots = HealthRoots {
+            sysfs_root: "/nonexistent".into(),
+            dev_root: "/nonexistent-dev".into(),
+            host_dev_root: "/dev".into(),
+        };
+        // c1: its dax device reconfigured to system-ram (online, node 15); c2: devdax only;
+        // c3: a plain online HBM node without a dax device.
+        let mut online_dax = device("0000:c1:00.0", 5, Some(0), None);
+        online_dax.regions[0].online = true;
+        let devdax = device("0000:c2:00.0", 6, Some(0), None);
+        let mut plain = device("0000:c3:00.0", 7, Some(0), None);
+        plain.regions[0].dax = None;
+        plain.regions[0].online = true;
+        let r = container_response("amd.com/x", &[&online_dax, &devdax, &plain], &roots);
+        let paths: Vec<&str> = r.devices.iter().map(|s| s.container_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/dev/vfio/vfio",
+                "/dev/vfio/5",
+                "/dev/vfio/6",
+                "/dev/dax6.0",
+                "/dev/vfio/7"
+            ]
+        );
+        assert_eq!(
+            r.envs["HBM_REGIONS_AMD_COM_X"],
+            "0000:c1:00.0,15,1073741824,/dev/dax5.0;0000:c2:00.0,16,1073741824,/dev/dax6.0;0000:c3:00.0,17,1073741824,-"
+        );
+        assert_eq!(
+            r.envs["PCI_RESOURCE_AMD_COM_X"],
+            "0000:c1:00.0,0000:c2:00.0,0000:c3:00.0"
         );
     }
 

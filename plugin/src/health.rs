@@ -107,7 +107,9 @@ impl HealthRoots {
                     region.id, region.size_bytes
                 ));
             }
-            if let Some(dax) = &region.dax {
+            // An online region is measured by its node even when discovery names its dax device:
+            // in system-ram mode `/dev/daxX.Y` does not exist.
+            if let Some(dax) = region.device_node() {
                 let path = self.dev_path(dax);
                 if !path.exists() {
                     return Some(format!(
@@ -250,6 +252,23 @@ mod tests {
             "region 0000:c1:00.0/node3 changed size from 4096 to 8192 bytes"
         );
         assert_eq!(roots.measure(&dev, &none), None);
+    }
+
+    #[test]
+    fn an_online_dax_region_is_measured_by_its_node_not_its_absent_device_node() {
+        let (_dir, roots) = host();
+        let mut dev = device();
+        // dax0.0 reconfigured to system-ram: online in node 2, no /dev/dax0.0 any more.
+        dev.regions[0].online = true;
+        std::fs::remove_file(roots.dev_root.join("dax0.0")).unwrap();
+        std::fs::write(roots.sysfs_root.join("sys/devices/system/node/online"), "0-3\n").unwrap();
+        let none = BTreeMap::new();
+        assert_eq!(roots.measure(&dev, &none), None);
+        std::fs::write(roots.sysfs_root.join("sys/devices/system/node/online"), "0-1,3\n").unwrap();
+        assert_eq!(
+            roots.measure(&dev, &none).unwrap(),
+            "node 2 of region 0000:c1:00.0/dax0.0 is not online"
+        );
     }
 
     #[test]

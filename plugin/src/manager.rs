@@ -208,6 +208,8 @@ pub struct Manager {
     served: BTreeMap<String, Served>,
     labeler: Option<NodeLabeler>,
     problems: Vec<ResourceProblem>,
+    /// Per region, whether KubeVirt can use it, as last logged.
+    kubevirt_use: Vec<resources::KubevirtUse>,
     /// The last discovery error, logged once per distinct message.
     discovery_error: Option<String>,
     inventory: Option<Inventory>,
@@ -265,6 +267,7 @@ impl Manager {
             served: BTreeMap::new(),
             labeler,
             problems: Vec::new(),
+            kubevirt_use: Vec::new(),
             discovery_error: None,
             inventory: None,
             kubelet_seen: None,
@@ -579,6 +582,7 @@ impl Manager {
         let inventory = self.discover_inventory();
         let derived = resources::derive(&inventory, &self.rules);
         self.note_problems(&derived.problems);
+        self.note_kubevirt_use(&derived.resources);
         self.sync_servers(&derived.resources).await;
         self.publish_snapshots(&derived.resources);
         self.update_ready();
@@ -619,6 +623,22 @@ impl Manager {
         }
         self.problems = problems.to_vec();
         self.metrics.resource_problems.set(self.problems.len() as i64);
+    }
+
+    /// Logs, for each region that is new or changed since the last refresh, whether KubeVirt's
+    /// virt-launcher can use it (and the host-side fix when not).
+    fn note_kubevirt_use(&mut self, resources: &BTreeMap<String, Resource>) {
+        let current = resources::kubevirt_use(resources);
+        for entry in current.iter().filter(|entry| !self.kubevirt_use.contains(entry)) {
+            info!(
+                resource = %entry.resource,
+                region = %entry.region,
+                kubevirt_usable = entry.usable(),
+                fix = entry.fix.as_deref().unwrap_or(""),
+                "{entry}"
+            );
+        }
+        self.kubevirt_use = current;
     }
 
     /// Stops the servers of resources that are gone and adds (unserved) entries for new ones.

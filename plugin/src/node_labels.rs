@@ -1,5 +1,7 @@
 //! The Node inventory: labels `<domain>/hbm.present`, and per resource
-//! `<domain>/<resource with '/' as '_'>.regions` and `.hbm-gib`, plus the annotation
+//! `<domain>/<resource with '/' as '_'>.regions`, `.hbm-gib` and `.kubevirt-usable-regions` (how
+//! many of its regions KubeVirt's virt-launcher can back a guest cell with: the online ones,
+//! [`crate::resources::RegionInfo::kubevirt_usable`]), plus the annotation
 //! `<domain>/discovery` with the discovery JSON. Applied with server-side apply under the field
 //! manager `hbm-device-plugin`, and only when the desired object changed.
 
@@ -47,8 +49,19 @@ pub fn desired(
             .map(|r| r.size_bytes)
             .sum();
         let gib = bytes >> 30;
+        let usable = resource
+            .devices
+            .values()
+            .flat_map(|d| &d.regions)
+            .filter(|r| r.kubevirt_usable())
+            .count();
         let stem = label_stem(&resource.name);
-        for (suffix, value) in [("regions", regions.to_string()), ("hbm-gib", gib.to_string())] {
+        let values = [
+            ("regions", regions.to_string()),
+            ("hbm-gib", gib.to_string()),
+            ("kubevirt-usable-regions", usable.to_string()),
+        ];
+        for (suffix, value) in values {
             let name = format!("{stem}.{suffix}");
             if name.len() > 63 {
                 skipped.push(format!("{domain}/{name}"));

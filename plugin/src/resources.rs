@@ -22,6 +22,39 @@ pub struct RegionInfo {
     pub online: bool,
 }
 
+impl RegionInfo {
+    /// The device node a VM's container needs for this region: its dax device while the memory
+    /// is reachable only that way (devdax). An online region (dax in system-ram mode, or a plain
+    /// node) needs none: QEMU binds the guest cell to `host_node`, and after
+    /// `daxctl reconfigure-device --mode=system-ram` the `/dev/daxX.Y` node no longer exists.
+    pub fn device_node(&self) -> Option<&str> {
+        self.dax.as_deref().filter(|_| !self.online)
+    }
+
+    /// Whether KubeVirt's virt-launcher (QEMU without the argv adapter, as uid 107) can back a
+    /// guest cell with this region: only by binding the cell to an online host node.
+    pub fn kubevirt_usable(&self) -> bool {
+        self.online && self.host_node.is_some()
+    }
+
+    /// The dax device name (`dax0.0`) of the region's device node, if any.
+    pub fn dax_name(&self) -> Option<&str> {
+        self.dax.as_deref().map(|path| path.rsplit('/').next().unwrap_or(path))
+    }
+
+    /// What makes this region usable by KubeVirt, when it is not: the host-side command for a
+    /// devdax region, else a sentence.
+    pub fn kubevirt_fix(&self) -> Option<String> {
+        if self.kubevirt_usable() {
+            return None;
+        }
+        Some(match self.dax_name() {
+            Some(name) => format!("daxctl reconfigure-device --mode=system-ram {name}"),
+            None => "bring the region's host NUMA node online".to_string(),
+        })
+    }
+}
+
 /// One advertised device: a GPU with its HBM regions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -162,6 +195,67 @@ pub fn derive(inventory: &Inventory, rules: &[ResourceRule]) -> Derived {
         }
     }
     derived
+}
+
+/// Whether KubeVirt's virt-launcher can use one region; its `Display` is the discovery log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubevirtUse {
+    pub resource: String,
+    pub region: String,
+    pub host_node: Option<u32>,
+    /// The dax device path while the region is reachable only through it.
+    pub dax: Option<String>,
+    /// What makes the region usable; `None` when it is.
+    pub fix: Option<String>,
+}
+
+impl KubevirtUse {
+    pub fn usable(&self) -> bool {
+        self.fix.is_none()
+    }
+}
+
+impl std::fmt::Display for KubevirtUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (resource, region) = (&self.resource, &self.region);
+        match (&self.fix, &self.dax) {
+            (None, _) => {
+                let node = self.host_node.map_or_else(|| "?".to_string(), |n| n.to_string());
+                write!(
+                    f,
+                    "{resource} region {region}: usable by KubeVirt (online in host node {node}; virt-launcher binds the guest cell there)"
+                )
+            }
+            (Some(fix), Some(dax)) => write!(
+                f,
+                "{resource} region {region}: not usable by KubeVirt (reachable only through {dax}, which virt-launcher's QEMU cannot use); on the host: `{fix}`"
+            ),
+            (Some(fix), None) => write!(
+                f,
+                "{resource} region {region}: not usable by KubeVirt (not online: {fix})"
+            ),
+        }
+    }
+}
+
+/// Per region of every resource (resource, device, region order): whether KubeVirt can use it.
+pub fn kubevirt_use(resources: &BTreeMap<String, Resource>) -> Vec<KubevirtUse> {
+    resources
+        .values()
+        .flat_map(|resource| {
+            resource
+                .devices
+                .values()
+                .flat_map(|device| &device.regions)
+                .map(|region| KubevirtUse {
+                    resource: resource.name.clone(),
+                    region: region.id.clone(),
+                    host_node: region.host_node,
+                    dax: region.device_node().map(str::to_string),
+                    fix: region.kubevirt_fix(),
+                })
+        })
+        .collect()
 }
 
 /// Compares two derivations by resource.
@@ -319,6 +413,38 @@ mod tests {
         assert_eq!(d.removed, ["nvidia.com/gpu-2335-hbm"]);
         assert_eq!(d.changed, ["amd.com/gpu-74a1-hbm"]);
         assert_eq!(diff(&a, &a), ResourceDiff::default());
+    }
+
+    #[test]
+    fn kubevirt_can_use_online_regions_only_and_devdax_gets_the_daxctl_fix() {
+        let mut inv = inventory();
+        // c1: dax0.0 reconfigured to system-ram; c2: dax0.0 in devdax mode; c3: an offline node.
+        inv.regions[0].online = true;
+        inv.regions.push(Region {
+            dax: None,
+            online: false,
+            ..region("0000:c3:00.0", 4)
+        });
+        let d = derive(&inv, &[]);
+        let amd = &d.resources["amd.com/gpu-74a1-hbm"].devices;
+        let online = &amd["0000:c1:00.0"].regions[0];
+        assert_eq!((online.kubevirt_usable(), online.device_node()), (true, None));
+        let nvidia = &d.resources["nvidia.com/gpu-2335-hbm"].devices["0000:c2:00.0"].regions[0];
+        assert_eq!(
+            (nvidia.kubevirt_usable(), nvidia.device_node()),
+            (false, Some("/dev/dax0.0"))
+        );
+        let lines: Vec<String> = kubevirt_use(&d.resources).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "amd.com/gpu-74a1-hbm region 0000:c1:00.0/node2: usable by KubeVirt (online in host node 2; virt-launcher binds the guest cell there)",
+                "amd.com/gpu-74a1-hbm region 0000:c3:00.0/node4: not usable by KubeVirt (not online: bring the region's host NUMA node online)",
+                "nvidia.com/gpu-2335-hbm region 0000:c2:00.0/node3: not usable by KubeVirt (reachable only through /dev/dax0.0, which virt-launcher's QEMU cannot use); on the host: `daxctl reconfigure-device --mode=system-ram dax0.0`",
+            ]
+        );
+        let usable: Vec<bool> = kubevirt_use(&d.resources).iter().map(KubevirtUse::usable).collect();
+        assert_eq!(usable, [true, false, false]);
     }
 
     #[test]

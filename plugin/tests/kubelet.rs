@@ -136,6 +136,51 @@ async fn registers_lists_prefers_and_allocates_like_the_kubelet_expects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_region_gets_no_dax_device_node_and_the_log_says_which_regions_kubevirt_can_use() {
+    let host = TestHost::new(&common::seed_amd_2gpu_c1_online());
+    assert!(!host.dev.join("dax1.0").exists() && host.dev.join("dax0.0").exists());
+    let mut kubelet = FakeKubelet::start(&host.device_plugins);
+    let plugin = PluginProcess::spawn(&host.args(), host.dir.path().join("plugin.log"));
+    let reg = kubelet.next_registration().await;
+    let mut client = kubelet.dial(&reg.endpoint).await;
+    let mut watch = Watch::open(&mut client).await;
+    let healthy = |id: &str| (id.to_string(), "Healthy".to_string());
+    assert_eq!(
+        health(&watch.next().await),
+        [healthy("0000:41:00.0"), healthy("0000:c1:00.0")]
+    );
+
+    let paths = |response: &proto::deviceplugin::v1beta1::AllocateResponse| -> Vec<String> {
+        let devices = &response.container_responses[0].devices;
+        devices.iter().map(|d| d.container_path.clone()).collect()
+    };
+    let online = client
+        .allocate(one_container(vec!["0000:c1:00.0".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paths(&online), ["/dev/vfio/vfio", "/dev/vfio/56"]);
+    assert_eq!(
+        online.container_responses[0].envs["HBM_REGIONS_AMD_COM_GPU-74A1-HBM"],
+        "0000:c1:00.0,3,68719476736,/dev/dax1.0"
+    );
+    let devdax = client
+        .allocate(one_container(vec!["0000:41:00.0".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paths(&devdax), ["/dev/vfio/vfio", "/dev/vfio/24", "/dev/dax0.0"]);
+
+    let log = plugin.log_text();
+    for line in [
+        "amd.com/gpu-74a1-hbm region 0000:41:00.0/dax0.0: not usable by KubeVirt (reachable only through /dev/dax0.0, which virt-launcher's QEMU cannot use); on the host: `daxctl reconfigure-device --mode=system-ram dax0.0`",
+        "amd.com/gpu-74a1-hbm region 0000:c1:00.0/dax1.0: usable by KubeVirt (online in host node 3; virt-launcher binds the guest cell there)",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "{line} once in:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_restarts_twenty_times_and_the_plugin_reregisters_every_time() {
     let host = TestHost::new(&fixture::seed_amd_2gpu());
     let mut kubelet = FakeKubelet::start(&host.device_plugins);

@@ -38,7 +38,8 @@ fn resources(sizes: &[u64]) -> BTreeMap<String, Resource> {
                     host_node: Some(i as u32 + 2),
                     size_bytes: *size,
                     dax: Some(format!("/dev/dax{i}.0")),
-                    online: false,
+                    // The first device's dax is in system-ram mode, the others devdax.
+                    online: i == 0,
                 }],
             },
         );
@@ -101,6 +102,7 @@ async fn applies_exact_body_once_and_again_only_on_change() {
                 "hbm-passthrough.dev/hbm.present": "true",
                 "hbm-passthrough.dev/amd.com_mi300x.regions": "2",
                 "hbm-passthrough.dev/amd.com_mi300x.hbm-gib": "128",
+                "hbm-passthrough.dev/amd.com_mi300x.kubevirt-usable-regions": "1",
             },
             "annotations": { "hbm-passthrough.dev/discovery": discovery },
         },
@@ -236,6 +238,7 @@ async fn the_manager_applies_once_and_again_only_when_discovery_changes() {
             "hbm-passthrough.dev/hbm.present": "true",
             "hbm-passthrough.dev/amd.com_gpu-74a1-hbm.regions": "2",
             "hbm-passthrough.dev/amd.com_gpu-74a1-hbm.hbm-gib": "128",
+            "hbm-passthrough.dev/amd.com_gpu-74a1-hbm.kubevirt-usable-regions": "0",
         })
     );
     assert_eq!(

@@ -108,6 +108,31 @@ check "schema rejects a misspelt top-level key" bad_value kubeletRootdir=/var/li
 check "schema rejects a bad resource name" bad_value 'config.resources[0].name=gpu' "/config/resources/0/name"
 check "schema rejects a bad PCI vendor id" bad_value 'config.resources[0].selector.vendor=amd' "/config/resources/0/selector/vendor"
 
+check "schema rejects an unknown generic-initiator style" bad_value kubevirt.genericInitiator=acpi "/kubevirt/genericInitiator"
+
+# The hookSidecars annotation value: exactly these sidecar args for these values. The rendered
+# ConfigMap holds the JSON as a quoted YAML string, so the expected list is compared escaped.
+sidecar_args_are() { # expected args as a JSON list, then helm template arguments
+  local expected=$1 out line escaped
+  shift
+  out=$("$helm" template hbm "$chart" "$@") || return 1
+  line=$(grep -F 'hook-sidecars.json:' <<<"$out")
+  escaped=${expected//\"/\\\"}
+  if ! grep -qF -- "[{\\\"args\\\":$escaped,\\\"image\\\":" <<<"$line"; then
+    echo "  sidecar args for '$*' are not $expected:" >&2
+    echo "    $line" >&2
+    return 1
+  fi
+}
+defaults='["kubevirt-sidecar","--socket-dir","/var/run/kubevirt-hooks","--name","hbm-passthrough","--dialect","auto","--generic-initiator=qemu-commandline"]'
+check "sidecar args with the defaults (dialect auto, GI through qemu:commandline)" sidecar_args_are "$defaults"
+check "kubevirt.genericInitiator=acpi-nodeset reaches the sidecar args" sidecar_args_are \
+  '["kubevirt-sidecar","--socket-dir","/var/run/kubevirt-hooks","--name","hbm-passthrough","--dialect","auto","--generic-initiator=acpi-nodeset"]' \
+  --set kubevirt.genericInitiator=acpi-nodeset
+check "sidecar args with the full values" sidecar_args_are \
+  '["kubevirt-sidecar","--socket-dir","/var/run/kubevirt-hooks","--name","hbm-gpu","--dialect","sp-mem","--generic-initiator=acpi-nodeset","--priority=10"]' \
+  -f "$full"
+
 echo "30-helm.sh (shell checks): $passed passed, $failures failed"
 [ "$failures" -eq 0 ] || exit 1
 

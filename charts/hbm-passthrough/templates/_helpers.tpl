@@ -67,7 +67,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The value of the hooks.kubevirt.io/hookSidecars VMI annotation that runs the hbm-hook sidecar. */}}
 {{- define "hbm-passthrough.hookSidecars" -}}
 {{- $sidecar := .Values.kubevirt.sidecar }}
-{{- $args := list "kubevirt-sidecar" "--socket-dir" "/var/run/kubevirt-hooks" "--name" $sidecar.hookName "--dialect" .Values.config.defaultDialect }}
+{{- $gi := printf "--generic-initiator=%s" (.Values.kubevirt.genericInitiator | default "qemu-commandline") }}
+{{- $args := list "kubevirt-sidecar" "--socket-dir" "/var/run/kubevirt-hooks" "--name" $sidecar.hookName "--dialect" .Values.config.defaultDialect $gi }}
 {{- $entry := dict "image" (include "hbm-passthrough.image" (list $sidecar.image .)) "imagePullPolicy" $sidecar.image.pullPolicy "args" (concat $args $sidecar.extraArgs) }}
 {{- list $entry | toJson }}
 {{- end }}

@@ -602,7 +602,7 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
         json!([{
             "image": "hbm-passthrough/hbm-hook-sidecar:0.1.0",
             "imagePullPolicy": "IfNotPresent",
-            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-passthrough", "--dialect", "kernel-cmdline"],
+            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-passthrough", "--dialect", "auto", "--generic-initiator=qemu-commandline"],
         }])
     );
 
@@ -625,7 +625,7 @@ fn kubevirt_wiring_has_the_feature_gate_permitted_devices_and_sidecar_annotation
         json!([{
             "image": "registry.example.invalid/gpu/hbm-hook-sidecar:0.1.0-rc1",
             "imagePullPolicy": "Always",
-            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--dialect", "sp-mem", "--priority=10"],
+            "args": ["kubevirt-sidecar", "--socket-dir", "/var/run/kubevirt-hooks", "--name", "hbm-gpu", "--dialect", "sp-mem", "--generic-initiator=acpi-nodeset", "--priority=10"],
         }])
     );
 }
@@ -668,8 +668,35 @@ fn kubevirt_example_vm_uses_the_rendered_annotation_and_a_configured_resource() 
     let gpus = template["spec"]["domain"]["devices"]["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 1);
     assert!(resource_names.contains(&&gpus[0]["deviceName"]), "{}", gpus[0]);
-    // Direct kernel boot: the default kernel-cmdline dialect needs it.
-    assert!(template["spec"]["domain"]["firmware"]["kernelBoot"].is_object());
+    // An ordinary VM: the chart's defaults (no dialect annotation), booted from a container disk
+    // with cloud-init, no direct kernel boot, a Burstable pod (no dedicated CPUs, no hugepages).
+    let mut keys: Vec<&String> = annotations.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["hbm-passthrough.dev/policy", "hooks.kubevirt.io/hookSidecars"]);
+    let domain = &template["spec"]["domain"];
+    assert!(domain.get("firmware").is_none(), "{domain}");
+    assert!(domain["cpu"].get("dedicatedCpuPlacement").is_none(), "{domain}");
+    assert!(domain["memory"].get("hugepages").is_none(), "{domain}");
+    let volumes: Vec<(&str, &str)> = template["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let kind = v.as_object().unwrap().keys().find(|k| *k != "name").unwrap();
+            (v["name"].as_str().unwrap(), kind.as_str())
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        [("rootdisk", "containerDisk"), ("cloudinitdisk", "cloudInitNoCloud")]
+    );
+    let disks: Vec<&str> = domain["devices"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, ["rootdisk", "cloudinitdisk"]);
 }
 
 /// NOTES.txt as `helm install --dry-run=client` prints it (no cluster needed).
@@ -704,6 +731,9 @@ fn notes_say_how_to_list_resources_wire_kubevirt_and_annotate_a_vm() {
         &format!("hooks.kubevirt.io/hookSidecars: '{sidecars}'"),
         "hbm-passthrough.dev/policy: auto        # auto | required | off",
         "spec.template.spec.domain.devices.gpus: [{name: gpu0, deviceName: hbm-passthrough.dev/mi300x}]",
+        "The sidecar's default dialect (auto) works for any boot method (container disks, DataVolumes);",
+        "hbm-passthrough.dev/<resource with '/' as '_'>.kubevirt-usable-regions counts the usable regions; a region",
+        "reachable only through a devdax device needs, on the node: daxctl reconfigure-device --mode=system-ram daxX.Y",
     ] {
         assert!(
             text.lines().any(|l| l.trim() == line),
@@ -723,6 +753,16 @@ fn notes_say_how_to_list_resources_wire_kubevirt_and_annotate_a_vm() {
         text.contains("kubectl get nodes -l gpu.example.invalid/hbm.present=true"),
         "{text}"
     );
+    // Another default dialect is named as such.
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "The sidecar's default dialect is sp-mem (auto would work for any boot method);"),
+        "{text}"
+    );
+    // In mode dra: the selector for GPUs whose HBM KubeVirt can use, in the driver's domain.
+    let text = notes(Some("charts/hbm-passthrough/ci/dra-values.yaml"));
+    let selector = r#"selectors: [{cel: {expression: 'device.attributes["gpu.example.invalid"].kubevirtUsable'}}]"#;
+    assert!(text.lines().any(|l| l.trim() == selector), "{text}");
 }
 
 /// Every property path the schema defines (`a/b`, `a/[]/c` inside array items), `global` aside.

@@ -302,6 +302,12 @@ fn the_dra_examples_fit_the_chart_and_each_other() {
         request["exactly"]["selectors"][0]["cel"]["expression"],
         "device.capacity[\"hbm.passthrough.dev\"].hbm.compareTo(quantity(\"128Gi\")) >= 0"
     );
+    // Only GPUs whose HBM virt-launcher can use (the driver's kubevirtUsable attribute).
+    assert_eq!(
+        request["exactly"]["selectors"][1]["cel"]["expression"],
+        "device.attributes[\"hbm.passthrough.dev\"].kubevirtUsable"
+    );
+    assert_eq!(request["exactly"]["selectors"].as_array().unwrap().len(), 2);
     // The VMI takes the GPU from a claim made from that template, by request name.
     assert_eq!(
         (vmi["apiVersion"].as_str(), vmi["kind"].as_str()),
@@ -327,6 +333,14 @@ fn the_dra_examples_fit_the_chart_and_each_other() {
     .unwrap();
     assert_eq!(actual, expected);
     assert_eq!(vmi["metadata"]["annotations"]["hbm-passthrough.dev/policy"], "required");
+    // A disk-booted guest with the defaults: no dialect annotation, no direct kernel boot.
+    assert!(
+        vmi["metadata"]["annotations"]
+            .get("hbm-passthrough.dev/dialect")
+            .is_none()
+    );
+    assert!(vmi["spec"]["domain"].get("firmware").is_none());
+    assert!(vmi["spec"]["volumes"][0]["containerDisk"]["image"].is_string());
 }
 
 #[test]

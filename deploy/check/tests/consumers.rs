@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use deploy_check::{chart_dir, helm, manifest, workspace_root};
+use hbm_hook::config::GenericInitiatorStyle;
 use hbm_rewrite::Dialect;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use plugin::config::{RegistrationMode, RunArgs, Settings};
@@ -192,10 +193,16 @@ fn hbm_hook_accepts_the_rendered_sidecar_arguments() {
     assert_eq!(s.socket_dir, PathBuf::from("/var/run/kubevirt-hooks"));
     assert_eq!(s.name, "hbm-passthrough");
     assert_eq!(s.priority, 0);
-    assert_eq!(s.defaults.dialect, Some(Dialect::KernelCmdline));
+    assert_eq!(s.defaults.dialect, Some(Dialect::Auto));
+    assert_eq!(
+        s.defaults.generic_initiator,
+        Some(GenericInitiatorStyle::QemuCommandline)
+    );
     let s = sidecar_args(Some("charts/hbm-passthrough/ci/full-values.yaml"));
     assert_eq!(s.name, "hbm-gpu");
     assert_eq!(s.priority, 10);
-    // config.defaultDialect reaches the sidecar as its default for VMs without an annotation.
+    // config.defaultDialect reaches the sidecar as its default for VMs without an annotation,
+    // kubevirt.genericInitiator as its Generic Initiator style.
     assert_eq!(s.defaults.dialect, Some(Dialect::SpMem));
+    assert_eq!(s.defaults.generic_initiator, Some(GenericInitiatorStyle::AcpiNodeset));
 }

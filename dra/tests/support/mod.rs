@@ -54,6 +54,24 @@ impl Host {
         Self { dir, settings }
     }
 
+    /// The same host after `daxctl reconfigure-device --mode=system-ram dax1.0`: GPU
+    /// 0000:c1:00.0's SPM HBM online (movable) in node 3, no `/dev/dax1.0` any more.
+    pub fn c1_online() -> Self {
+        let host = Self::new();
+        let root = &host.settings.sysfs_root;
+        std::fs::remove_dir_all(root).unwrap();
+        topology::fixture::seed_amd_2gpu()
+            .hbm_node(3, 64 << 30, true, true)
+            .generic_initiator(3)
+            .without_dax("dax1.0")
+            .dax(topology::fixture::DaxDevice::hmem("dax1.0", 3, 64 << 30).kmem(true))
+            .with_generated_srat()
+            .write_to(root)
+            .unwrap();
+        std::fs::remove_file(host.dev("dax1.0")).unwrap();
+        host
+    }
+
     pub fn dev(&self, name: &str) -> PathBuf {
         self.settings.dev_root.join(name)
     }

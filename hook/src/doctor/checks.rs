@@ -30,7 +30,8 @@ impl Status {
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// What was checked: `iommu`, `gpu 0000:c1:00.0`, `hbm 0000:c1:00.0/node1`, `dax dax0.0`,
+    /// What was checked: `iommu`, `gpu 0000:c1:00.0`, `hbm 0000:c1:00.0/node1`,
+    /// `kubevirt 0000:c1:00.0/node1`, `dax dax0.0`,
     /// `qemu`, `qemu generic-initiator`, `qemu spm-dialect`, `libvirt`, `libvirt acpi-nodeset`,
     /// `hook`, `adapter`, `discovery`.
     pub check: String,
@@ -82,6 +83,7 @@ pub fn evaluate(f: &HostFacts) -> Vec<Check> {
     let mut out = vec![iommu(f.iommu_groups)];
     out.extend(gpus(&f.inventory));
     out.extend(hbm_regions(&f.inventory, &f.dax));
+    out.extend(f.inventory.regions.iter().map(kubevirt_region));
     out.extend(discovery_warnings(&f.inventory));
     out.extend(f.dax.iter().map(dax_device));
     out.extend(qemu(f));
@@ -196,6 +198,38 @@ fn hbm_region(r: &Region, dax: &[DaxFact]) -> Check {
                 r.reason.as_deref().unwrap_or("no reason given")
             ),
             "fix what the reason names; an unhealthy region is not offered to VMs",
+        ),
+    }
+}
+
+/// `kubevirt <region>`: whether KubeVirt's virt-launcher can back a guest cell with the region.
+/// It runs QEMU without the argv adapter and as uid 107, so only memory online in a host node
+/// (bound with `<numatune><memnode mode='strict'>`) works; a devdax region needs reconfiguring.
+fn kubevirt_region(r: &Region) -> Check {
+    let name = format!("kubevirt {}", r.id);
+    match (r.online, r.host_node, r.dax.as_deref()) {
+        (true, Some(node), _) => Check::pass(
+            name,
+            format!(
+                "usable: online in host node {node}; virt-launcher binds the guest cell there (numatune memnode strict)"
+            ),
+        ),
+        (false, _, Some(path)) => {
+            let dev = path.rsplit('/').next().unwrap_or(path);
+            Check::warn(
+                name,
+                format!(
+                    "not usable: reachable only through {path}, which virt-launcher's QEMU (no argv adapter, uid 107) cannot use"
+                ),
+                format!(
+                    "`daxctl reconfigure-device --mode=system-ram {dev}` (onlines it as movable memory of its NUMA node; libvirt hosts keep working, binding by node)"
+                ),
+            )
+        }
+        _ => Check::warn(
+            name,
+            "not usable: the memory is not online in a host NUMA node",
+            "bring the region's NUMA node online (see the hbm check's reason)",
         ),
     }
 }
@@ -348,6 +382,47 @@ fn installed(name: &str, path: &Path, state: &Installed, why: &str) -> Check {
 mod tests {
     use super::*;
     use crate::doctor::report::{failed, render_text};
+
+    #[test]
+    fn kubevirt_usability_per_region_kind() {
+        let gpu = topology::PciAddress::parse("0000:c1:00.0").unwrap_or(topology::PciAddress::new(0, 0, 0, 0));
+        let online = topology::fixture::region(gpu, 2, 1 << 30);
+        let devdax = Region {
+            id: "0000:c1:00.0/dax3.0".into(),
+            dax: Some("/dev/dax3.0".into()),
+            online: false,
+            ..online.clone()
+        };
+        let offline = Region {
+            online: false,
+            ..online.clone()
+        };
+        let rows: Vec<(Status, String, Option<String>)> = [online, devdax, offline]
+            .iter()
+            .map(kubevirt_region)
+            .map(|c| (c.status, format!("{}: {}", c.check, c.detail), c.fix))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    Status::Pass,
+                    "kubevirt 0000:c1:00.0/node2: usable: online in host node 2; virt-launcher binds the guest cell there (numatune memnode strict)".to_string(),
+                    None
+                ),
+                (
+                    Status::Warn,
+                    "kubevirt 0000:c1:00.0/dax3.0: not usable: reachable only through /dev/dax3.0, which virt-launcher's QEMU (no argv adapter, uid 107) cannot use".to_string(),
+                    Some("`daxctl reconfigure-device --mode=system-ram dax3.0` (onlines it as movable memory of its NUMA node; libvirt hosts keep working, binding by node)".to_string())
+                ),
+                (
+                    Status::Warn,
+                    "kubevirt 0000:c1:00.0/node2: not usable: the memory is not online in a host NUMA node".to_string(),
+                    Some("bring the region's NUMA node online (see the hbm check's reason)".to_string())
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn empty_host_fails_iommu_and_hbm() {

@@ -2,7 +2,9 @@
 //! `pass` / `warn` / `fail`, and what to do for the last two.
 //!
 //! Checks: IOMMU on; each GPU's driver (vfio-pci?) and IOMMU group; the HBM regions discovery
-//! finds and their health; dax devices and their mode (devdax vs system-ram); QEMU version,
+//! finds and their health; per region whether KubeVirt's virt-launcher can use it (online: yes,
+//! bound by node; devdax only: no, with the `daxctl reconfigure-device --mode=system-ram` fix);
+//! dax devices and their mode (devdax vs system-ram); QEMU version,
 //! `acpi-generic-initiator`, and the SPM dialects it speaks (the capability probe, cached);
 //! libvirt version and native `<acpi nodeset>` support (libvirt's own domain schema); the libvirt
 //! hook and the QEMU adapter installed.

@@ -122,7 +122,28 @@ fn seed_amd_host_is_ready() {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut rows = vec![
+    let mut rows = seed_amd_first_rows();
+    rows.extend([
+        (
+            "warn",
+            "kubevirt 0000:c1:00.0/dax0.0",
+            format!("{DEVDAX_FOR_KUBEVIRT} -> {}", system_ram_fix("dax0.0")),
+        ),
+        (
+            "pass",
+            "dax dax0.0",
+            "devdax (/dev/dax0.0), 64 GiB, target node 1".into(),
+        ),
+    ]);
+    rows.extend(expected_tail(&d));
+    let mut expected = lines(&rows);
+    expected.push("10 passed, 2 warnings, 0 failed".into());
+    assert_eq!(normalized(&stdout(&out)), expected);
+}
+
+/// The report's first rows on `seed_amd` (and its variants): IOMMU, GPU, HBM region.
+fn seed_amd_first_rows() -> Vec<(&'static str, &'static str, String)> {
+    vec![
         ("pass", "iommu", "on (2 IOMMU groups)".to_string()),
         (
             "pass",
@@ -134,16 +155,69 @@ fn seed_amd_host_is_ready() {
             "hbm 0000:c1:00.0/dax0.0",
             "64 GiB on host node 1 (SPM, from dax, /dev/dax0.0)".into(),
         ),
+    ]
+}
+
+/// The `kubevirt` check's detail for the devdax region of `seed_amd`.
+const DEVDAX_FOR_KUBEVIRT: &str =
+    "not usable: reachable only through /dev/dax0.0, which virt-launcher's QEMU (no argv adapter, uid 107) cannot use";
+
+fn system_ram_fix(dax: &str) -> String {
+    format!(
+        "`daxctl reconfigure-device --mode=system-ram {dax}` (onlines it as movable memory of its NUMA node; libvirt hosts keep working, binding by node)"
+    )
+}
+
+/// `seed_amd` after `daxctl reconfigure-device --mode=system-ram dax0.0`: the SPM HBM is online
+/// (movable) in node 1 and dax0.0 is bound to kmem.
+fn seed_amd_online() -> fixture::FixtureHost {
+    fixture::seed_amd()
+        .hbm_node(1, 64 << 30, true, true)
+        .generic_initiator(1)
+        .without_dax("dax0.0")
+        .dax(fixture::DaxDevice::hmem("dax0.0", 1, 64 << 30).kmem(true))
+        .with_generated_srat()
+}
+
+#[test]
+fn an_online_region_is_usable_by_kubevirt_in_text_and_json() {
+    let d = Doctor::new();
+    let root = d.host(&seed_amd_online());
+    let out = d.run(&root, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let report = normalized(&stdout(&out));
+    let mut rows = seed_amd_first_rows();
+    rows.extend([
+        (
+            "pass",
+            "kubevirt 0000:c1:00.0/dax0.0",
+            "usable: online in host node 1; virt-launcher binds the guest cell there (numatune memnode strict)".into(),
+        ),
         (
             "pass",
             "dax dax0.0",
-            "devdax (/dev/dax0.0), 64 GiB, target node 1".into(),
+            "system-ram (kmem: onlined into its NUMA node), 64 GiB, target node 1".into(),
         ),
-    ];
-    rows.extend(expected_tail(&d));
-    let mut expected = lines(&rows);
-    expected.push("10 passed, 1 warnings, 0 failed".into());
-    assert_eq!(normalized(&stdout(&out)), expected);
+    ]);
+    assert_eq!(report[..5], lines(&rows), "{report:#?}");
+
+    let json = d.run(&root, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let kubevirt: Vec<&serde_json::Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"].as_str().unwrap().starts_with("kubevirt "))
+        .collect();
+    assert_eq!(
+        kubevirt,
+        [&serde_json::json!({
+            "check": "kubevirt 0000:c1:00.0/dax0.0",
+            "status": "pass",
+            "detail": "usable: online in host node 1; virt-launcher binds the guest cell there (numatune memnode strict)",
+            "fix": null,
+        })]
+    );
 }
 
 #[test]
@@ -175,6 +249,8 @@ fn bundled_seed_amd_example_as_json() {
             pass("gpu 0000:c1:00.0"),
             pass("hbm 0000:41:00.0/dax0.0"),
             pass("hbm 0000:c1:00.0/dax1.0"),
+            ("kubevirt 0000:41:00.0/dax0.0".into(), "warn".into()),
+            ("kubevirt 0000:c1:00.0/dax1.0".into(), "warn".into()),
             pass("dax dax0.0"),
             pass("dax dax1.0"),
             pass("qemu"),
@@ -186,11 +262,12 @@ fn bundled_seed_amd_example_as_json() {
             pass("adapter"),
         ]
     );
-    let fix = &v["checks"][9]["fix"];
+    let fix = &v["checks"][11]["fix"];
     assert!(
         fix.as_str().unwrap().starts_with("use the kernel-cmdline dialect"),
         "{fix}"
     );
+    assert_eq!(v["checks"][6]["fix"].as_str().unwrap(), system_ram_fix("dax1.0"));
     assert_eq!(v["checks"][0]["fix"], serde_json::Value::Null);
 }
 

@@ -228,6 +228,17 @@ pub fn health(update: &ListAndWatchResponse) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------------------------
 // Hosts
 
+/// The bundled two-GPU seed host after `daxctl reconfigure-device --mode=system-ram dax1.0`:
+/// GPU 0000:c1:00.0's SPM HBM is online (movable) in node 3, GPU 0000:41:00.0's stays devdax.
+pub fn seed_amd_2gpu_c1_online() -> FixtureHost {
+    topology::fixture::seed_amd_2gpu()
+        .hbm_node(3, 64 << 30, true, true)
+        .generic_initiator(3)
+        .without_dax("dax1.0")
+        .dax(topology::fixture::DaxDevice::hmem("dax1.0", 3, 64 << 30).kmem(true))
+        .with_generated_srat()
+}
+
 /// A temp dir with `root/` (fixture sysfs), `dev/` (stand-ins), `device-plugins/`,
 /// `plugins_registry/`.
 pub struct TestHost {
@@ -252,7 +263,8 @@ impl TestHost {
                 std::fs::write(dev.join(format!("vfio/{group}")), "").unwrap();
             }
         }
-        for d in host.dax_devices() {
+        // A dax device in system-ram mode (kmem) has no character device.
+        for d in host.dax_devices().iter().filter(|d| !d.kmem) {
             std::fs::write(dev.join(&d.name), "").unwrap();
         }
         let device_plugins = dir.path().join("device-plugins");
