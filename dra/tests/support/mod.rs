@@ -61,11 +61,7 @@ impl Host {
         let root = &host.settings.sysfs_root;
         std::fs::remove_dir_all(root).unwrap();
         topology::fixture::seed_amd_2gpu()
-            .hbm_node(3, 64 << 30, true, true)
-            .generic_initiator(3)
-            .without_dax("dax1.0")
-            .dax(topology::fixture::DaxDevice::hmem("dax1.0", 3, 64 << 30).kmem(true))
-            .with_generated_srat()
+            .dax_in_system_ram("dax1.0", 3, 64 << 30)
             .write_to(root)
             .unwrap();
         std::fs::remove_file(host.dev("dax1.0")).unwrap();

@@ -171,12 +171,7 @@ fn system_ram_fix(dax: &str) -> String {
 /// `seed_amd` after `daxctl reconfigure-device --mode=system-ram dax0.0`: the SPM HBM is online
 /// (movable) in node 1 and dax0.0 is bound to kmem.
 fn seed_amd_online() -> fixture::FixtureHost {
-    fixture::seed_amd()
-        .hbm_node(1, 64 << 30, true, true)
-        .generic_initiator(1)
-        .without_dax("dax0.0")
-        .dax(fixture::DaxDevice::hmem("dax0.0", 1, 64 << 30).kmem(true))
-        .with_generated_srat()
+    fixture::seed_amd().dax_in_system_ram("dax0.0", 1, 64 << 30)
 }
 
 #[test]

@@ -231,12 +231,7 @@ pub fn health(update: &ListAndWatchResponse) -> Vec<(String, String)> {
 /// The bundled two-GPU seed host after `daxctl reconfigure-device --mode=system-ram dax1.0`:
 /// GPU 0000:c1:00.0's SPM HBM is online (movable) in node 3, GPU 0000:41:00.0's stays devdax.
 pub fn seed_amd_2gpu_c1_online() -> FixtureHost {
-    topology::fixture::seed_amd_2gpu()
-        .hbm_node(3, 64 << 30, true, true)
-        .generic_initiator(3)
-        .without_dax("dax1.0")
-        .dax(topology::fixture::DaxDevice::hmem("dax1.0", 3, 64 << 30).kmem(true))
-        .with_generated_srat()
+    topology::fixture::seed_amd_2gpu().dax_in_system_ram("dax1.0", 3, 64 << 30)
 }
 
 /// A temp dir with `root/` (fixture sysfs), `dev/` (stand-ins), `device-plugins/`,
