@@ -3,7 +3,8 @@
 //! from `deploy/kubernetes/hbm-passthrough.yaml`, which a chart test keeps equal to the chart),
 //! against a kubelet stand-in on the host side of the mounted socket directories; the hook
 //! sidecar with the KubeVirt wiring's args and the hooks directory mounted, as virt-launcher
-//! mounts it, answering Info and OnDefineDomain over its socket.
+//! mounts it, answering Info and OnDefineDomain over its socket (on a devdax host and on the same
+//! host with its HBM onlined).
 //!
 //! The fixture host has two MI300X-like GPUs (0000:41:00.0 and 0000:c1:00.0, vfio-pci, IOMMU
 //! groups 24 and 56), each owning a 64 GiB SPM HBM node reachable through a dax device.
@@ -86,20 +87,22 @@ async fn plugin_image_registers_lists_allocates_and_stops_cleanly_under_the_char
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidecar_image_answers_info_and_on_define_domain_through_the_hooks_dir() {
+/// The sidecar image, started as the chart's KubeVirt wiring starts it (its args, the hooks
+/// directory mounted as virt-launcher mounts it, the read-only root) on `host_root`: Info, then
+/// the answer to OnDefineDomain of the sample domain, then a clean stop. Returns the answer and
+/// the container's log.
+async fn sidecar_answer(label: &str, host_root: &Path) -> (String, String) {
     let ImageRefs { sidecar, .. } = built_images();
     let hooks = tempfile::tempdir().unwrap();
     common::make_world_writable(hooks.path());
-    let sample_host = deploy_check::workspace_root().join("examples/hosts/seed-amd");
     let mut args = chart::sidecar_annotation_args();
     args.extend(["--sysfs-root".to_string(), "/host".to_string()]);
     let flags = vec![
         "--read-only".to_string(),
         format!("--volume={}:/var/run/kubevirt-hooks", hooks.path().display()),
-        format!("--volume={}:/host:ro", sample_host.display()),
+        format!("--volume={}:/host:ro", host_root.display()),
     ];
-    let container = Container::start("hbm-image-sidecar", &sidecar, &flags, &args);
+    let container = Container::start(label, &sidecar, &flags, &args);
 
     let socket = hooks.path().join("hbm-passthrough.sock");
     let mut client = sidecar_client::connect(&socket, &container).await;
@@ -113,27 +116,72 @@ async fn sidecar_image_answers_info_and_on_define_domain_through_the_hooks_dir()
             .collect::<Vec<_>>(),
         [("OnDefineDomain", 0)]
     );
-
-    let root = deploy_check::workspace_root();
-    let domain = std::fs::read_to_string(root.join("examples/domains/gpu-vm.xml")).unwrap();
-    let expected = std::fs::read_to_string(root.join("examples/domains/gpu-vm.rewritten.xml")).unwrap();
-    let answer = sidecar_client::on_define_domain(&socket, &domain, &container).await;
-    assert_eq!(
-        answer, expected,
-        "the sidecar's answer differs from the rewriter's golden output"
-    );
-
+    let answer = sidecar_client::on_define_domain(&socket, &sample_domain(), &container).await;
+    let logs = container.logs();
     let exit = container.stop();
-    assert_eq!(
-        exit,
-        0,
-        "sidecar exit status on podman stop; log:\n{}",
-        container.logs()
-    );
+    assert_eq!(exit, 0, "sidecar exit status on podman stop; log:\n{logs}");
     assert!(
         !Path::new(&socket).exists(),
         "the sidecar's socket is left behind after stop"
     );
+    (answer, logs)
+}
+
+fn sample_domain() -> String {
+    std::fs::read_to_string(deploy_check::workspace_root().join("examples/domains/gpu-vm.xml")).unwrap()
+}
+
+/// On the bundled sample host the HBM is reachable only through dax devices, which
+/// virt-launcher cannot map: with the chart's defaults (policy auto) the sidecar answers the
+/// definition unchanged and logs the host-side fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_image_leaves_a_devdax_hosts_domain_alone_and_logs_the_fix() {
+    let sample_host = deploy_check::workspace_root().join("examples/hosts/seed-amd");
+    let (answer, logs) = sidecar_answer("hbm-image-sidecar-devdax", &sample_host).await;
+    assert_eq!(
+        answer,
+        sample_domain(),
+        "a devdax-only region gives no cell under KubeVirt"
+    );
+    assert!(
+        logs.contains("daxctl reconfigure-device --mode=system-ram dax1.0"),
+        "the log names the fix:\n{logs}"
+    );
+}
+
+/// The same host after `daxctl reconfigure-device --mode=system-ram dax1.0`: the sidecar's
+/// answer is the rewriter's output for the KubeVirt defaults (cell bound by node, no emulator
+/// change, no adapter instructions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_image_binds_an_online_hosts_hbm_by_node() {
+    let online = tempfile::tempdir().unwrap();
+    topology::fixture::seed_amd_2gpu()
+        .dax_in_system_ram("dax1.0", 3, 64 * GIB)
+        .write_to(online.path())
+        .unwrap();
+    std::fs::set_permissions(online.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (answer, _logs) = sidecar_answer("hbm-image-sidecar-online", online.path()).await;
+
+    let inventory = topology::discover(online.path(), &topology::DiscoveryConfig::default()).unwrap();
+    let options = hbm_rewrite::RewriteOptions {
+        adapter_path: None,
+        ..hbm_rewrite::RewriteOptions::default()
+    };
+    let expected = hbm_rewrite::rewrite(&sample_domain(), &inventory, &options).unwrap();
+    assert!(expected.changed);
+    assert_eq!(
+        answer, expected.xml,
+        "the sidecar's answer is the rewriter's for KubeVirt"
+    );
+    assert!(
+        answer.contains("<memnode cellid='1' mode='strict' nodeset='3'/>"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("<emulator>/usr/bin/qemu-system-x86_64</emulator>"),
+        "{answer}"
+    );
+    assert!(!answer.contains("HBM_QEMU_INSTRUCTIONS"), "{answer}");
 }
 
 /// The DRA driver's image holds a static binary that runs under the DRA DaemonSet's security
