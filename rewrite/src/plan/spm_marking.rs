@@ -320,6 +320,29 @@ mod tests {
         );
     }
 
+    /// The marking of one 1 GiB cell (id 1, at 4 GiB) of `region` in a domain `xml` whose `<os>`
+    /// is element 1.
+    fn mark_one(
+        xml: &str,
+        dialect: Dialect,
+        hbm: &Region,
+        options: &RewriteOptions,
+    ) -> Result<SpmMarking, RewriteError> {
+        let doc = Document::parse(xml).unwrap();
+        let cells = vec![NewCell {
+            id: 1,
+            size: GIB,
+            region: hbm,
+        }];
+        spm_marking(
+            &doc,
+            1,
+            &[target(dialect, cells)],
+            &[vec![range(4 * GIB, GIB)]],
+            options,
+        )
+    }
+
     fn no_adapter() -> RewriteOptions {
         RewriteOptions {
             adapter_path: None,
@@ -329,19 +352,12 @@ mod tests {
 
     #[test]
     fn without_the_adapter_a_devdax_only_region_is_refused_with_the_daxctl_fix() {
-        let doc = Document::parse("<domain><os/><devices><hostdev/></devices></domain>").unwrap();
         let dax = Region {
             online: false,
             dax: Some("/dev/dax1.0".into()),
             ..region(GPU, 3, GIB)
         };
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &dax,
-        }];
-        let hostdev = target(Dialect::Auto, cells);
-        let err = spm_marking(&doc, 1, &[hostdev], &[vec![range(4 * GIB, GIB)]], &no_adapter()).unwrap_err();
+        let err = mark_one("<domain><os/></domain>", Dialect::Auto, &dax, &no_adapter()).unwrap_err();
         assert_eq!(err.exit_code(), 3);
         assert_eq!(
             err.to_string(),
@@ -351,21 +367,8 @@ mod tests {
 
     #[test]
     fn without_the_adapter_the_adapter_dialects_are_refused() {
-        let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &hbm,
-        }];
-        let err = spm_marking(
-            &doc,
-            1,
-            &[target(Dialect::SpMem, cells)],
-            &[vec![range(4 * GIB, GIB)]],
-            &no_adapter(),
-        )
-        .unwrap_err();
+        let err = mark_one("<domain><os/></domain>", Dialect::SpMem, &hbm, &no_adapter()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("dialect sp-mem is applied by the QEMU argv adapter, which this QEMU runs without"),
@@ -375,21 +378,8 @@ mod tests {
 
     #[test]
     fn auto_on_a_disk_boot_without_adapter_binds_an_online_region_unmarked_and_warns() {
-        let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &hbm,
-        }];
-        let marking = spm_marking(
-            &doc,
-            1,
-            &[target(Dialect::Auto, cells)],
-            &[vec![range(4 * GIB, GIB)]],
-            &no_adapter(),
-        )
-        .unwrap();
+        let marking = mark_one("<domain><os/></domain>", Dialect::Auto, &hbm, &no_adapter()).unwrap();
         assert_eq!(marking.dialects, vec![Dialect::None]);
         assert_eq!(marking.instructions, vec![]);
         assert_eq!(marking.kernel_cmdline, Vec::<String>::new());
@@ -399,13 +389,7 @@ mod tests {
 
     #[test]
     fn auto_through_the_adapter_uses_what_the_qemu_speaks() {
-        let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &hbm,
-        }];
         let options = RewriteOptions {
             qemu_spm: crate::SpmSupport {
                 sp_mem: true,
@@ -413,14 +397,7 @@ mod tests {
             },
             ..RewriteOptions::default()
         };
-        let marking = spm_marking(
-            &doc,
-            1,
-            &[target(Dialect::Auto, cells)],
-            &[vec![range(4 * GIB, GIB)]],
-            &options,
-        )
-        .unwrap();
+        let marking = mark_one("<domain><os/></domain>", Dialect::Auto, &hbm, &options).unwrap();
         assert_eq!(marking.dialects, vec![Dialect::SpMem]);
         assert_eq!(
             marking.instructions,
