@@ -73,24 +73,21 @@ pub fn is_gpu_class(class: u32) -> bool {
 pub fn scan(fs: &Sysfs, configured: &[PciAddress]) -> Result<PciScan, SysfsError> {
     let mut out = PciScan::default();
     let vendors = VendorMap::read(fs);
-    let addresses = match vendors.as_ref().zip(bus_domains(fs)) {
+    let (addresses, listed) = match vendors.as_ref().zip(bus_domains(fs)) {
         Some((map, buses)) => {
             match fs.check_dir(DEVICES) {
                 Err(e) if e.is_missing() => return Ok(out),
                 Err(e) => return Err(e),
                 Ok(()) => {}
             }
-            map.candidates(&buses, configured)
+            (map.candidates(&buses, configured), false)
         }
-        None => {
-            let Some(listed) = list_functions(fs, &mut out.warnings)? else {
-                return Ok(out);
-            };
-            out.listed = Some(listed.clone());
-            listed
-        }
+        None => match list_functions(fs, &mut out.warnings)? {
+            Some(listed) => (listed, true),
+            None => return Ok(out),
+        },
     };
-    for address in addresses {
+    for &address in &addresses {
         if !configured.contains(&address) && vendors.as_ref().is_some_and(|map| !map.may_be_gpu(address)) {
             continue;
         }
@@ -98,6 +95,7 @@ pub fn scan(fs: &Sysfs, configured: &[PciAddress]) -> Result<PciScan, SysfsError
             out.gpus.push(gpu);
         }
     }
+    out.listed = listed.then_some(addresses);
     Ok(out)
 }
 

@@ -242,18 +242,12 @@ mod tests {
             kernel_cmdline_fragments(&[range(3 << 29, 1 << 29), range(FOUR_GIB, 3 << 29)]),
             vec!["memmap=512M%1536M-1+0xefffffff", "memmap=1536M%4G-1+0xefffffff"]
         );
-        let doc = Document::parse("<domain><os><kernel>/k</kernel></os></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &hbm,
-        }];
-        let marking = spm_marking(
-            &doc,
-            1,
-            &[target(Dialect::KernelCmdline, cells)],
-            &[vec![range(10 * GIB, GIB)]],
+        let marking = mark_cell(
+            "<domain><os><kernel>/k</kernel></os></domain>",
+            Dialect::KernelCmdline,
+            &hbm,
+            (1, vec![range(10 * GIB, GIB)]),
             &RewriteOptions::default(),
         );
         assert_eq!(
@@ -269,19 +263,14 @@ mod tests {
 
     #[test]
     fn kernel_cmdline_without_direct_kernel_boot_is_refused() {
-        let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: &hbm,
-        }];
-        let err = spm_marking(
-            &doc,
-            1,
-            &[target(Dialect::KernelCmdline, cells)],
-            &[vec![]],
-            &RewriteOptions::default(),
+        let options = RewriteOptions::default();
+        let err = mark_cell(
+            "<domain><os/></domain>",
+            Dialect::KernelCmdline,
+            &hbm,
+            (1, vec![]),
+            &options,
         )
         .unwrap_err();
         assert!(err.to_string().contains("needs direct kernel boot"));
@@ -294,19 +283,14 @@ mod tests {
         assert!(!spans_4g(&[range(FOUR_GIB, GIB)]));
         assert!(spans_4g(&[range(1, u64::MAX)]));
         assert!(!spans_4g(&[range(u64::MAX, u64::MAX)]));
-        let doc = Document::parse("<domain><os/></domain>").unwrap();
         let hbm = region(GPU, 2, GIB);
         let dialect = Dialect::MemmapType(MemmapType::Reserved);
-        let cells = vec![NewCell {
-            id: 2,
-            size: GIB,
-            region: &hbm,
-        }];
-        let marking = spm_marking(
-            &doc,
-            1,
-            &[target(dialect, cells)],
-            &[vec![range(FOUR_GIB, GIB)]],
+        let cell = (2, vec![range(FOUR_GIB, GIB)]);
+        let marking = mark_cell(
+            "<domain><os/></domain>",
+            dialect,
+            &hbm,
+            cell,
             &RewriteOptions::default(),
         )
         .unwrap();
@@ -320,27 +304,32 @@ mod tests {
         );
     }
 
-    /// The marking of one 1 GiB cell (id 1, at 4 GiB) of `region` in a domain `xml` whose `<os>`
-    /// is element 1.
+    /// The marking of one 1 GiB cell `id` of `hbm` at the guest ranges `ranges`, in a domain
+    /// `xml` whose `<os>` is element 1.
+    fn mark_cell(
+        xml: &str,
+        dialect: Dialect,
+        hbm: &Region,
+        (id, ranges): (u32, Vec<GpaRange>),
+        options: &RewriteOptions,
+    ) -> Result<SpmMarking, RewriteError> {
+        let doc = Document::parse(xml).unwrap();
+        let cells = vec![NewCell {
+            id,
+            size: GIB,
+            region: hbm,
+        }];
+        spm_marking(&doc, 1, &[target(dialect, cells)], &[ranges], options)
+    }
+
+    /// [`mark_cell`] for cell 1 at 4 GiB.
     fn mark_one(
         xml: &str,
         dialect: Dialect,
         hbm: &Region,
         options: &RewriteOptions,
     ) -> Result<SpmMarking, RewriteError> {
-        let doc = Document::parse(xml).unwrap();
-        let cells = vec![NewCell {
-            id: 1,
-            size: GIB,
-            region: hbm,
-        }];
-        spm_marking(
-            &doc,
-            1,
-            &[target(dialect, cells)],
-            &[vec![range(4 * GIB, GIB)]],
-            options,
-        )
+        mark_cell(xml, dialect, hbm, (1, vec![range(4 * GIB, GIB)]), options)
     }
 
     fn no_adapter() -> RewriteOptions {
